@@ -1,0 +1,256 @@
+// Fused multi-layer sparse normalised propagation on the CPU (float32, float64).
+//
+// Computes out = sum_k w_k M^k x for M = diag(left) W diag(right), W in CSR (rowptr int64, col int32, optional
+// values). What it fuses and what it follows:
+//  * CSR row split (pytorch_sparse / pyg-lib; Yang, Buluc & Owens, "Design Principles for Sparse Matrix
+//    Multiplication on the GPU"): each output row is owned by one thread and summed in CSR order, so results
+//    are bitwise identical run to run whatever the thread count. Threads get contiguous row ranges of equal
+//    nnz + rows, so hubs do not stall one thread.
+//  * The layer combination is evaluated in Horner form,
+//        h_L = w_L x,    h_k = w_k x + M h_{k+1},    out = h_0,
+//    so the layers and their weighted sum are one chain of steps: no stack of layer outputs, and the backward
+//    (the same chain through M^T) saves no activations.
+//  * Intermediate buffers hold u = right * h, pre-scaled, so a step is an unweighted gather-sum over W when W is
+//    binary (the "no weights array" form, KERNEL_ANCHORS.md section 1, technique 4) and the epilogue is
+//        u_k,i = (left*right)_i s_i + w_k right_i x_i     (intermediate steps)
+//        out_i = left_i s_i + w_0 x_i                      (last step),     s_i = sum_e W_ie u_{k+1, col_e}.
+//    The first step gathers x itself with a per-source scale w_L right_j (a vector that stays in cache), so u_L
+//    is never written: L steps over two (n, d) buffers, the output and one ping-pong buffer (none for L = 1).
+//  * Columns go in chunks of 256 bytes (64 floats / 32 doubles) whose accumulators are 8 AVX2 registers (GCC
+//    vector extensions, lowered to SSE pairs without AVX2), then 32, 16, ..., 1 wide, so any d works and
+//    d in {32, 64, 128} take full-width chunks. A row's edges are walked once per chunk while they are in L1.
+//  * The row gathers are latency-bound, so each edge prefetches the source chunk 12 edges ahead. (Column tiling
+//    of the whole chain, to keep the gathered rows in cache, was measured slower on the 2-core AVX2 machine at
+//    26k and 200k nodes: narrower chunks cost more per edge than the cache hits save.)
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace mmrec_fast {
+namespace {
+
+constexpr int64_t kPrefetchDistance = 12;
+
+// One Horner step over all rows:
+//   dst_i = row_scale_i * sum_e (value_e * src_scale_{col_e}) src_{col_e} + x_coef * x_scale_i * x_i.
+template <typename T>
+struct PropagateStep {
+  const int64_t* rowptr;
+  const int32_t* col;
+  const T* values;  // (nnz,) or nullptr: binary W
+  int64_t nnz;
+  const T* src;        // (n, d)
+  const T* src_scale;  // (n,) or nullptr: 1
+  const T* row_scale;  // (m,) or nullptr: 1
+  const T* x;          // (m, d) or nullptr: no x term
+  const T* x_scale;  // (m,) or nullptr: 1
+  T x_coef;
+  T* dst;  // (m, d)
+  int64_t d;
+};
+
+// GCC/Clang vector of 256 bits; the compiler lowers it to AVX2 (-march=x86-64-v3) or to pairs of SSE registers.
+// (Explicit typedefs: GCC drops vector attributes on dependent types in alias templates.)
+typedef float Float8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double Double4 __attribute__((vector_size(32), aligned(8), may_alias));
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { using type = Float8; };
+template <> struct VecOf<double> { using type = Double4; };
+template <typename T>
+using Vec = typename VecOf<T>::type;
+static_assert(sizeof(Vec<float>) == 32 && sizeof(Vec<double>) == 32, "256-bit vectors");
+
+// Unaligned loads and stores (the vector types are declared with element alignment and may_alias).
+template <typename T>
+inline Vec<T> load_vec(const T* p) {
+  return *reinterpret_cast<const Vec<T>*>(p);
+}
+
+template <typename T>
+inline void store_vec(T* p, Vec<T> v) {
+  *reinterpret_cast<Vec<T>*>(p) = v;
+}
+
+template <typename T, int WIDTH, bool WEIGHTED>
+inline void step_row_chunk(const PropagateStep<T>& s, int64_t i, int64_t c0) {
+  constexpr int kLanes = 32 / sizeof(T);
+  constexpr int kVecs = WIDTH / kLanes;  // WIDTH is either a multiple of kLanes or smaller than it
+  constexpr int kScalars = kVecs == 0 ? WIDTH : 0;
+  Vec<T> acc[kVecs > 0 ? kVecs : 1];
+  T acc_s[kScalars > 0 ? kScalars : 1];
+#pragma GCC unroll 16
+  for (int v = 0; v < kVecs; ++v) acc[v] = Vec<T>{};
+#pragma GCC unroll 16
+  for (int k = 0; k < kScalars; ++k) acc_s[k] = T(0);
+  const int64_t e_end = s.rowptr[i + 1];
+  for (int64_t e = s.rowptr[i]; e < e_end; ++e) {
+    // Prefetch the source chunk kPrefetchDistance edges ahead (past this row too: the next row's edges follow).
+    if (e + kPrefetchDistance < s.nnz) {
+      const char* ahead =
+          reinterpret_cast<const char*>(s.src + static_cast<int64_t>(s.col[e + kPrefetchDistance]) * s.d + c0);
+#pragma GCC unroll 4
+      for (int line = 0; line < static_cast<int>(WIDTH * sizeof(T)); line += 64) __builtin_prefetch(ahead + line);
+    }
+    const int64_t j = s.col[e];
+    const T* src_row = s.src + j * s.d + c0;
+    if constexpr (WEIGHTED) {
+      const T w = (s.values ? s.values[e] : T(1)) * (s.src_scale ? s.src_scale[j] : T(1));
+#pragma GCC unroll 16
+      for (int v = 0; v < kVecs; ++v) acc[v] += w * load_vec(src_row + v * kLanes);
+#pragma GCC unroll 16
+      for (int k = 0; k < kScalars; ++k) acc_s[k] += w * src_row[k];
+    } else {
+#pragma GCC unroll 16
+      for (int v = 0; v < kVecs; ++v) acc[v] += load_vec(src_row + v * kLanes);
+#pragma GCC unroll 16
+      for (int k = 0; k < kScalars; ++k) acc_s[k] += src_row[k];
+    }
+  }
+  const T a = s.row_scale ? s.row_scale[i] : T(1);
+  const T b = s.x ? s.x_coef * (s.x_scale ? s.x_scale[i] : T(1)) : T(0);
+  T* out = s.dst + i * s.d + c0;
+  const T* x_row = s.x ? s.x + i * s.d + c0 : nullptr;
+#pragma GCC unroll 16
+  for (int v = 0; v < kVecs; ++v) {
+    Vec<T> r = a * acc[v];
+    if (x_row) r += b * load_vec(x_row + v * kLanes);
+    store_vec(out + v * kLanes, r);
+  }
+#pragma GCC unroll 16
+  for (int k = 0; k < kScalars; ++k) out[k] = a * acc_s[k] + (x_row ? b * x_row[k] : T(0));
+}
+
+// All columns of one row: the widest chunk that fits, halving down to 1.
+template <typename T, bool WEIGHTED>
+inline void step_row(const PropagateStep<T>& s, int64_t i) {
+  constexpr int kMaxWidth = 256 / sizeof(T);
+  int64_t c0 = 0;
+  for (; c0 + kMaxWidth <= s.d; c0 += kMaxWidth) step_row_chunk<T, kMaxWidth, WEIGHTED>(s, i, c0);
+  if constexpr (kMaxWidth >= 64) {
+    if (c0 + 32 <= s.d) { step_row_chunk<T, 32, WEIGHTED>(s, i, c0); c0 += 32; }
+  }
+  if (c0 + 16 <= s.d) { step_row_chunk<T, 16, WEIGHTED>(s, i, c0); c0 += 16; }
+  if (c0 + 8 <= s.d) { step_row_chunk<T, 8, WEIGHTED>(s, i, c0); c0 += 8; }
+  if (c0 + 4 <= s.d) { step_row_chunk<T, 4, WEIGHTED>(s, i, c0); c0 += 4; }
+  if (c0 + 2 <= s.d) { step_row_chunk<T, 2, WEIGHTED>(s, i, c0); c0 += 2; }
+  if (c0 + 1 <= s.d) { step_row_chunk<T, 1, WEIGHTED>(s, i, c0); }
+}
+
+// Row boundaries of `parts` contiguous ranges with equal work, counting one unit per edge and one per row.
+std::vector<int64_t> balanced_row_bounds(const int64_t* rowptr, int64_t m, int64_t parts) {
+  std::vector<int64_t> bounds(parts + 1, m);
+  bounds[0] = 0;
+  const int64_t total = rowptr[m] + m;
+  int64_t lo = 0;
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total / parts * p + (total % parts) * p / parts;
+    int64_t hi = m;
+    while (lo < hi) {  // first row i with rowptr[i] + i >= target
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[p] = lo;
+  }
+  return bounds;
+}
+
+template <typename T>
+void run_step(const PropagateStep<T>& s, const std::vector<int64_t>& bounds) {
+  const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
+  const bool weighted = s.values != nullptr || s.src_scale != nullptr;
+  at::parallel_for(0, parts, 1, [&](int64_t p_begin, int64_t p_end) {
+    for (int64_t p = p_begin; p < p_end; ++p) {
+      for (int64_t i = bounds[p]; i < bounds[p + 1]; ++i) {
+        if (weighted) step_row<T, true>(s, i); else step_row<T, false>(s, i);
+      }
+    }
+  });
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+void check_vector(const std::optional<at::Tensor>& t, const char* name, int64_t size, const at::Tensor& x) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == size, "propagate: ", name, " must have shape (", size, ",), got ",
+              t->sizes());
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), "propagate: ", name, " must have dtype ", x.scalar_type(),
+              " (x's dtype on the CPU), got ", t->scalar_type());
+  TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "propagate: ", name, " must be a contiguous CPU tensor");
+}
+
+at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
+                         const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& left,
+                         const std::optional<at::Tensor>& right, const std::optional<at::Tensor>& /*t_rowptr*/,
+                         const std::optional<at::Tensor>& /*t_col*/, const std::optional<at::Tensor>& /*t_values*/,
+                         at::ArrayRef<double> weights) {
+  TORCH_CHECK(x.dim() == 2, "propagate: x must be 2-D (n, d), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "propagate (native CPU): x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(rowptr.dim() == 1 && rowptr.size(0) >= 1 && rowptr.scalar_type() == at::kLong && rowptr.is_contiguous(),
+              "propagate: rowptr must be a contiguous 1-D int64 tensor");
+  TORCH_CHECK(col.dim() == 1 && col.scalar_type() == at::kInt && col.is_contiguous(),
+              "propagate: col must be a contiguous 1-D int32 tensor");
+  TORCH_CHECK(!weights.empty(), "propagate: weights must hold num_layers + 1 >= 1 entries");
+  const int64_t m = rowptr.size(0) - 1, n = x.size(0), d = x.size(1);
+  const int64_t num_layers = static_cast<int64_t>(weights.size()) - 1;
+  TORCH_CHECK(num_layers <= 1 || m == n, "propagate: ", num_layers, " layers need a square graph, got ", m, " x ",
+              n);
+  TORCH_CHECK(weights[0] == 0.0 || m == n, "propagate: a nonzero weight on layer 0 needs a square graph");
+  check_vector(values, "values", col.size(0), x);
+  check_vector(left, "left", m, x);
+  check_vector(right, "right", n, x);
+
+  const at::Tensor xc = x.contiguous();
+  if (num_layers == 0) return xc * weights[0];
+  at::Tensor out = at::empty({m, d}, x.options());
+  if (m == 0 || d == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "propagate_cpu", [&] {
+    using T = scalar_t;
+    const std::vector<int64_t> bounds = balanced_row_bounds(rowptr.data_ptr<int64_t>(), m, at::get_num_threads());
+    const at::Tensor none;
+    const at::Tensor left_t = left.value_or(none), right_t = right.value_or(none), values_t = values.value_or(none);
+    // Row scale of the intermediate steps: left * right (either alone when the other is absent).
+    at::Tensor mid_scale = left_t.defined() && right_t.defined() ? left_t * right_t
+                           : left_t.defined()                    ? left_t
+                                                                 : right_t;
+    // Per-source scale of the first step, which gathers x: w_L * right (nothing when that is all ones).
+    const double w_last = weights[num_layers];
+    at::Tensor first_scale = right_t.defined() ? right_t * w_last
+                             : w_last != 1.0   ? at::full({n}, w_last, x.options())
+                                               : none;
+    at::Tensor buffers[2] = {out, num_layers >= 2 ? at::empty({n, d}, x.options()) : none};  // u_k in buffers[k % 2]
+    for (int64_t k = num_layers - 1; k >= 0; --k) {
+      const bool first = k == num_layers - 1, last = k == 0;
+      PropagateStep<T> s;
+      s.rowptr = rowptr.data_ptr<int64_t>();
+      s.col = col.data_ptr<int32_t>();
+      s.values = ptr_or_null<T>(values_t);
+      s.nnz = col.size(0);
+      s.src = first ? xc.data_ptr<T>() : buffers[(k + 1) % 2].data_ptr<T>();
+      s.src_scale = first ? ptr_or_null<T>(first_scale) : nullptr;
+      s.row_scale = last ? ptr_or_null<T>(left_t) : ptr_or_null<T>(mid_scale);
+      s.x_coef = static_cast<T>(weights[k]);
+      s.x = weights[k] != 0.0 ? xc.data_ptr<T>() : nullptr;
+      s.x_scale = last ? nullptr : ptr_or_null<T>(right_t);
+      s.dst = buffers[k % 2].data_ptr<T>();
+      s.d = d;
+      run_step(s, bounds);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("propagate", &propagate_cpu); }
+
+}  // namespace mmrec_fast

@@ -1,0 +1,45 @@
+// Schemas of every mmrec_fast operator, and the Python module shell of mmrec_fast._C.
+//
+// Implementations are registered per dispatch key next to their kernels: csrc/cpu/<op>.cpp
+// (TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m)) and csrc/cuda/<op>.cu (TORCH_LIBRARY_IMPL(mmrec_fast, CUDA, m)).
+// Fake (meta) implementations and autograd formulas are registered from Python, in mmrec_fast/ops/<op>.py.
+
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(mmrec_fast, m) {
+  // out = sum_k weights[k] * M^k x  with  M = diag(left) W diag(right),  W = CSR(rowptr, col, values).
+  //   x: (n, d); rowptr: (m + 1,) int64; col: (nnz,) int32; values / left / right: (nnz,) / (m,) / (n,)
+  //   in x's accumulation dtype, None meaning all ones. t_rowptr / t_col / t_values: W^T in CSR, None when
+  //   W is symmetric; the forward ignores them, the backward propagates through M^T with them.
+  //   len(weights) = num_layers + 1. Returns (m, d) in x's dtype.
+  m.def(
+      "propagate(Tensor x, Tensor rowptr, Tensor col, Tensor? values, Tensor? left, Tensor? right, "
+      "Tensor? t_rowptr, Tensor? t_col, Tensor? t_values, float[] weights) -> Tensor");
+}
+
+// A Python module named after the extension (mmrec_fast._C when built by setup.py, another name when JIT-built),
+// so that importing it loads the library and runs the registrations above. It also says what was compiled.
+#define MMREC_FAST_CONCAT2(a, b) a##b
+#define MMREC_FAST_CONCAT(a, b) MMREC_FAST_CONCAT2(a, b)
+#define MMREC_FAST_STR2(a) #a
+#define MMREC_FAST_STR(a) MMREC_FAST_STR2(a)
+
+PyMODINIT_FUNC MMREC_FAST_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, MMREC_FAST_STR(TORCH_EXTENSION_NAME),
+                                   "mmrec_fast native kernels (operators are in torch.ops.mmrec_fast)", -1,
+                                   nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+#ifdef MMREC_FAST_WITH_CUDA
+  PyModule_AddIntConstant(module, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(module, "with_cuda", 0);
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+  PyModule_AddStringConstant(module, "cpu_isa", "avx2+fma");
+#else
+  PyModule_AddStringConstant(module, "cpu_isa", "baseline");
+#endif
+  return module;
+}

@@ -1,0 +1,67 @@
+"""mmrec_fast: fused kernels for multimodal self-supervised recommendation.
+
+Ops (each with ``backend="reference" | "native" | "triton" | None``):
+
+* :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
+
+See README.md for the table of ops x backends x dtypes.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import _native, backends
+from .backends import available, get_backend, set_backend, use_backend
+from .graph import Graph
+from .ops import propagate, spmm
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph",
+    "available",
+    "backends",
+    "get_backend",
+    "info",
+    "propagate",
+    "set_backend",
+    "spmm",
+    "use_backend",
+]
+
+
+def info() -> dict:
+    """Versions, what was built, and which backend runs each op on each device (loads the extension)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    native = _native.status()
+    runnable = available()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    defaults = {}
+    for support in backends.OPS.values():
+        defaults[support.name] = {}
+        for device in devices:
+            probe = torch.empty(0, device=device)
+            try:
+                defaults[support.name][device] = backends.resolve(support, probe)
+            except backends.BackendUnavailable as error:
+                defaults[support.name][device] = f"none ({error})"
+    return {
+        "mmrec_fast": __version__,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "native": native,
+        "backends": runnable,
+        "default_backend": defaults,
+        "requested_backend": get_backend(),
+    }

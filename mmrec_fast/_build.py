@@ -1,0 +1,86 @@
+"""Build parameters of the C++/CUDA extension ``mmrec_fast._C``.
+
+One function, :func:`get_build_parameters`, is shared by ``setup.py`` (ahead-of-time build with ninja) and by
+:mod:`mmrec_fast._native` (JIT build with ``torch.utils.cpp_extension.load`` when no prebuilt extension is
+importable), so both builds compile the same sources with the same flags.
+
+This module imports nothing from the package: ``setup.py`` loads it by path.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+#: Repository root (the folder holding ``csrc/``) when running from a source checkout or an editable install.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CSRC = REPO_ROOT / "csrc"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_isa_flags() -> list[str]:
+    """Compiler flags for the vector ISA of the CPU kernels.
+
+    x86-64 with AVX2 + FMA gets ``-march=x86-64-v3`` (the kernels keep their accumulators in 256-bit registers);
+    anything else gets the compiler's baseline. ``MMREC_FAST_CPU_ARCH`` overrides: a ``-march`` value such as
+    ``native`` or ``x86-64``, or ``none`` for no flag (build on one machine, run on an older one).
+    """
+    override = os.environ.get("MMREC_FAST_CPU_ARCH")
+    if override:
+        return [] if override == "none" else [f"-march={override}"]
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+        return ["-march=x86-64-v3"]
+    return []
+
+
+def cuda_build_possible() -> tuple[bool, str]:
+    """Whether CUDA sources can be compiled: a CUDA build of torch and nvcc (CUDA_HOME) are both needed."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if os.environ.get("MMREC_FAST_NO_CUDA") == "1":
+        return False, "MMREC_FAST_NO_CUDA=1"
+    if torch.version.cuda is None:
+        return False, "torch is a CPU build (torch.version.cuda is None)"
+    if cpp_extension.CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(cpp_extension.CUDA_HOME, "bin")) is None:
+        return False, "nvcc not found (set CUDA_HOME)"
+    return True, f"torch CUDA {torch.version.cuda}, nvcc in {cpp_extension.CUDA_HOME}"
+
+
+def get_build_parameters() -> dict:
+    """Sources, flags and defines of ``mmrec_fast._C``.
+
+    Returns a dict with keys ``sources`` (absolute paths), ``extra_cflags``, ``extra_cuda_cflags``,
+    ``extra_ldflags``, ``with_cuda`` (bool) and ``cuda_reason`` (why CUDA is or is not built).
+    The C++ sources are ``csrc/mmrec_fast.cpp`` (schemas) and ``csrc/cpu/*.cpp``; the CUDA bindings
+    ``csrc/cuda/*.cu`` are added only when :func:`cuda_build_possible` says so. ``csrc/cuda/nvcc_check.cu``
+    is the torch-free compile check run by the tests, not part of the extension.
+    """
+    with_cuda, cuda_reason = cuda_build_possible()
+    sources = [CSRC / "mmrec_fast.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    cflags = ["-O3", "-std=c++20", "-fopenmp", *cpu_isa_flags()]
+    cuda_cflags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    if with_cuda:
+        sources += [p for p in sorted((CSRC / "cuda").glob("*.cu")) if p.name != "nvcc_check.cu"]
+        cflags.append("-DMMREC_FAST_WITH_CUDA")
+        cuda_cflags.append("-DMMREC_FAST_WITH_CUDA")
+    return {
+        "sources": [str(p) for p in sources],
+        "extra_cflags": cflags,
+        "extra_cuda_cflags": cuda_cflags,
+        "extra_ldflags": ["-fopenmp"],
+        "with_cuda": with_cuda,
+        "cuda_reason": cuda_reason,
+    }

@@ -1,0 +1,167 @@
+"""Backend selection: ``reference`` | ``native`` | ``triton``, one mechanism for every op.
+
+The backend an op runs on is, in order of precedence:
+
+1. the op's ``backend=`` argument;
+2. the innermost :func:`use_backend` context;
+3. :func:`set_backend`;
+4. the environment variable ``MMREC_FAST_BACKEND``;
+5. automatic: the first backend in the op's preference list for the tensor's device that can run it
+   (CPU: native, then reference; CUDA: the fastest measured for that op, then the others).
+
+A backend chosen by 1-4 that cannot run raises :class:`BackendUnavailable` saying why. An automatic choice that
+has to pass over the op's preferred backend warns once (per op, device and dtype) with the reason: a fallback is
+never silent. :func:`available` says which backends run on which device now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _native
+
+BACKENDS = ("reference", "native", "triton")
+ENV_VAR = "MMREC_FAST_BACKEND"
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run this op on this device/dtype; the message says why."""
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    """What each backend implements for one op.
+
+    dtypes: (backend, device type) -> dtypes of the op's floating inputs that the backend accepts there.
+    preference: device type -> backends to try, in order, when none is requested.
+    """
+
+    name: str
+    dtypes: dict[tuple[str, str], tuple[torch.dtype, ...]]
+    preference: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"cpu": ("native", "reference"), "cuda": ("native", "triton", "reference")}
+    )
+
+
+    def __post_init__(self):
+        OPS[self.name] = self
+
+
+#: Every op's support table, by op name (filled as the op modules are imported).
+OPS: dict[str, OpSupport] = {}
+
+_global_backend: str | None = None
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("mmrec_fast_backend", default=None)
+_warned: set[tuple] = set()
+
+
+def _validate(name: str | None, where: str) -> str | None:
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"{where}: unknown backend {name!r}; expected one of {BACKENDS} or None")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the backend every op uses when its ``backend=`` is None (None: automatic)."""
+    global _global_backend
+    _global_backend = _validate(name, "set_backend")
+
+
+def get_backend() -> str | None:
+    """The backend requested by :func:`use_backend`, :func:`set_backend` or ``MMREC_FAST_BACKEND`` (None: auto)."""
+    return (
+        _context_backend.get()
+        or _global_backend
+        or _validate(os.environ.get(ENV_VAR) or None, f"environment variable {ENV_VAR}")
+    )
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Context manager: ops inside run on ``name`` unless they pass ``backend=`` themselves."""
+    token = _context_backend.set(_validate(name, "use_backend"))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def triton_status(device_type: str) -> str | None:
+    """None if Triton kernels can run on this device type, else the reason they cannot."""
+    try:
+        from mmrec_fast import kernels
+    except ImportError as error:
+        return f"triton is not importable ({error})"
+    if device_type == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA device"
+    if device_type == "cpu":
+        return None if kernels.INTERPRETED else "Triton runs CPU tensors only in its interpreter (TRITON_INTERPRET=1 before import)"
+    return f"Triton kernels do not run on {device_type}"
+
+
+def _unavailable_reason(op: OpSupport, backend: str, device_type: str, dtype: torch.dtype) -> str | None:
+    dtypes = op.dtypes.get((backend, device_type))
+    if dtypes is None:
+        return f"{op.name} has no {backend} implementation for {device_type} tensors"
+    if dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        return f"the {backend} {op.name} on {device_type} takes {names}, got {str(dtype).replace('torch.', '')}"
+    if backend == "native":
+        try:
+            _native.load()
+        except _native.NativeUnavailable as error:
+            return str(error)
+        if device_type == "cuda" and not _native.with_cuda():
+            return "the native extension was built without CUDA kernels"
+    if backend == "triton":
+        return triton_status(device_type)
+    return None
+
+
+def resolve(op: OpSupport, tensor: torch.Tensor, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``tensor`` (its device and dtype), following the precedence above."""
+    device_type, dtype = tensor.device.type, tensor.dtype
+    requested = _validate(backend, op.name) or get_backend()
+    if requested is not None:
+        reason = _unavailable_reason(op, requested, device_type, dtype)
+        if reason is not None:
+            raise BackendUnavailable(f"{op.name}: backend {requested!r} cannot run here: {reason}")
+        return requested
+    preference = op.preference.get(device_type)
+    if preference is None:
+        raise BackendUnavailable(f"{op.name}: no backend for {device_type} tensors")
+    reasons = []
+    for candidate in preference:
+        reason = _unavailable_reason(op, candidate, device_type, dtype)
+        if reason is None:
+            if reasons:
+                key = (op.name, device_type, dtype, candidate)
+                if key not in _warned:
+                    _warned.add(key)
+                    warnings.warn(
+                        f"mmrec_fast.{op.name}: using the {candidate} backend on {device_type} {dtype} because "
+                        + "; ".join(reasons),
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    raise BackendUnavailable(f"{op.name}: no backend can run on {device_type} {dtype}: " + "; ".join(reasons))
+
+
+def available() -> dict[str, list[str]]:
+    """Backend -> device types it can run on now (``"cpu"`` for Triton means its interpreter)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    result = {"reference": list(devices), "native": [], "triton": []}
+    if _native.is_available():
+        result["native"] = ["cpu"] + (["cuda"] if "cuda" in devices and _native.with_cuda() else [])
+    result["triton"] = [d for d in devices if triton_status(d) is None]
+    return result
