@@ -127,8 +127,16 @@ def _unavailable_reason(op: OpSupport, backend: str, device_type: str, dtype: to
 
 
 def resolve(op: OpSupport, tensor: torch.Tensor, backend: str | None = None) -> str:
-    """The backend that runs ``op`` on ``tensor`` (its device and dtype), following the precedence above."""
-    device_type, dtype = tensor.device.type, tensor.dtype
+    """The backend that runs ``op`` on ``tensor`` (its device and dtype), following the precedence above.
+
+    Under ``torch.compile`` the choice is made once, when the function is traced.
+    """
+    return _resolve(op.name, tensor.device.type, tensor.dtype, backend)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op_name: str, device_type: str, dtype: torch.dtype, backend: str | None) -> str:
+    op = OPS[op_name]
     requested = _validate(backend, op.name) or get_backend()
     if requested is not None:
         reason = _unavailable_reason(op, requested, device_type, dtype)
@@ -150,7 +158,7 @@ def resolve(op: OpSupport, tensor: torch.Tensor, backend: str | None = None) -> 
                         f"mmrec_fast.{op.name}: using the {candidate} backend on {device_type} {dtype} because "
                         + "; ".join(reasons),
                         RuntimeWarning,
-                        stacklevel=3,
+                        stacklevel=4,
                     )
             return candidate
         reasons.append(f"{candidate}: {reason}")

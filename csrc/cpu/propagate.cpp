@@ -28,6 +28,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../propagate_chain.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -177,76 +179,34 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-void check_vector(const std::optional<at::Tensor>& t, const char* name, int64_t size, const at::Tensor& x) {
-  if (!t.has_value()) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == size, "propagate: ", name, " must have shape (", size, ",), got ",
-              t->sizes());
-  TORCH_CHECK(t->scalar_type() == x.scalar_type(), "propagate: ", name, " must have dtype ", x.scalar_type(),
-              " (x's dtype on the CPU), got ", t->scalar_type());
-  TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "propagate: ", name, " must be a contiguous CPU tensor");
-}
-
 at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
                          const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& left,
                          const std::optional<at::Tensor>& right, const std::optional<at::Tensor>& /*t_rowptr*/,
                          const std::optional<at::Tensor>& /*t_col*/, const std::optional<at::Tensor>& /*t_values*/,
                          at::ArrayRef<double> weights) {
-  TORCH_CHECK(x.dim() == 2, "propagate: x must be 2-D (n, d), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "propagate (native CPU): x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.size(0) >= 1 && rowptr.scalar_type() == at::kLong && rowptr.is_contiguous(),
-              "propagate: rowptr must be a contiguous 1-D int64 tensor");
-  TORCH_CHECK(col.dim() == 1 && col.scalar_type() == at::kInt && col.is_contiguous(),
-              "propagate: col must be a contiguous 1-D int32 tensor");
-  TORCH_CHECK(!weights.empty(), "propagate: weights must hold num_layers + 1 >= 1 entries");
-  const int64_t m = rowptr.size(0) - 1, n = x.size(0), d = x.size(1);
-  const int64_t num_layers = static_cast<int64_t>(weights.size()) - 1;
-  TORCH_CHECK(num_layers <= 1 || m == n, "propagate: ", num_layers, " layers need a square graph, got ", m, " x ",
-              n);
-  TORCH_CHECK(weights[0] == 0.0 || m == n, "propagate: a nonzero weight on layer 0 needs a square graph");
-  check_vector(values, "values", col.size(0), x);
-  check_vector(left, "left", m, x);
-  check_vector(right, "right", n, x);
-
-  const at::Tensor xc = x.contiguous();
-  if (num_layers == 0) return xc * weights[0];
-  at::Tensor out = at::empty({m, d}, x.options());
-  if (m == 0 || d == 0) return out;
-
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "propagate_cpu", [&] {
-    using T = scalar_t;
-    const std::vector<int64_t> bounds = balanced_row_bounds(rowptr.data_ptr<int64_t>(), m, at::get_num_threads());
-    const at::Tensor none;
-    const at::Tensor left_t = left.value_or(none), right_t = right.value_or(none), values_t = values.value_or(none);
-    // Row scale of the intermediate steps: left * right (either alone when the other is absent).
-    at::Tensor mid_scale = left_t.defined() && right_t.defined() ? left_t * right_t
-                           : left_t.defined()                    ? left_t
-                                                                 : right_t;
-    // Per-source scale of the first step, which gathers x: w_L * right (nothing when that is all ones).
-    const double w_last = weights[num_layers];
-    at::Tensor first_scale = right_t.defined() ? right_t * w_last
-                             : w_last != 1.0   ? at::full({n}, w_last, x.options())
-                                               : none;
-    at::Tensor buffers[2] = {out, num_layers >= 2 ? at::empty({n, d}, x.options()) : none};  // u_k in buffers[k % 2]
-    for (int64_t k = num_layers - 1; k >= 0; --k) {
-      const bool first = k == num_layers - 1, last = k == 0;
-      PropagateStep<T> s;
+  TORCH_CHECK(x.device().is_cpu(), "propagate (native CPU): x must be a CPU tensor");
+  std::vector<int64_t> bounds;
+  return propagate_chain(x, rowptr, col, values, left, right, weights, [&](const PropagateStepTensors& t) {
+    if (bounds.empty()) bounds = balanced_row_bounds(rowptr.data_ptr<int64_t>(), rowptr.size(0) - 1, at::get_num_threads());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "propagate_cpu", [&] {
+      PropagateStep<scalar_t> s;
       s.rowptr = rowptr.data_ptr<int64_t>();
       s.col = col.data_ptr<int32_t>();
-      s.values = ptr_or_null<T>(values_t);
+      s.values = values.has_value() ? values->data_ptr<scalar_t>() : nullptr;
       s.nnz = col.size(0);
-      s.src = first ? xc.data_ptr<T>() : buffers[(k + 1) % 2].data_ptr<T>();
-      s.src_scale = first ? ptr_or_null<T>(first_scale) : nullptr;
-      s.row_scale = last ? ptr_or_null<T>(left_t) : ptr_or_null<T>(mid_scale);
-      s.x_coef = static_cast<T>(weights[k]);
-      s.x = weights[k] != 0.0 ? xc.data_ptr<T>() : nullptr;
-      s.x_scale = last ? nullptr : ptr_or_null<T>(right_t);
-      s.dst = buffers[k % 2].data_ptr<T>();
-      s.d = d;
+      s.src = t.src.data_ptr<scalar_t>();
+      s.src_scale = ptr_or_null<scalar_t>(t.src_scale);
+      s.row_scale = ptr_or_null<scalar_t>(t.row_scale);
+      s.x = ptr_or_null<scalar_t>(t.x);
+      s.x_scale = ptr_or_null<scalar_t>(t.x_scale);
+      s.x_coef = static_cast<scalar_t>(t.x_coef);
+      s.dst = t.dst.data_ptr<scalar_t>();
+      s.d = t.dst.size(1);
       run_step(s, bounds);
-    }
+    });
   });
-  return out;
 }
 
 }  // namespace

@@ -1,0 +1,60 @@
+"""Test configuration shared by every test module.
+
+* Without a GPU, Triton kernels run in the Triton interpreter on CPU tensors: TRITON_INTERPRET=1 is set here,
+  before anything imports mmrec_fast.kernels (Triton reads it when the kernels are defined).
+* ``device`` / ``backend`` parameters come from what can actually run here (mmrec_fast.available()), so the same
+  suite runs the GPU parity tests on a GPU machine and the interpreter tests on a CPU machine.
+* Real data is found through MMREC_FAST_DATA or ../shared/data next to the repository; tests that need it skip
+  with a message where it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mmrec_fast  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path | None:
+    """The shared data folder (MMREC_FAST_DATA, else ../shared/data beside the repository), or None."""
+    candidates = [os.environ.get("MMREC_FAST_DATA"), REPO.parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if _HAS_CUDA else [])
+
+
+def kernel_backends(device: str) -> list[str]:
+    """The non-reference backends that run on `device` here."""
+    runnable = mmrec_fast.available()
+    return [b for b in ("native", "triton") if device in runnable[b]]
+
+
+def backend_device_pairs() -> list[tuple[str, str]]:
+    return [(b, dev) for dev in devices() for b in kernel_backends(dev)]
+
+
+@pytest.fixture(autouse=True)
+def _reset_backend_choice():
+    """Every test starts and ends with the automatic backend choice."""
+    mmrec_fast.set_backend(None)
+    yield
+    mmrec_fast.set_backend(None)

@@ -1,0 +1,235 @@
+"""Graph: constructors, every normalisation and eps variant against an independent scipy construction,
+duplicates, transpose, conversions, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from mmrec_fast import Graph
+
+from conftest import data_root
+
+
+def interactions(num_users=30, num_items=20, num_edges=120, seed=0, duplicates=True):
+    """Random (users, items) with some repeated pairs, plus a user and an item without interactions."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, num_users - 1, num_edges)  # user num_users - 1 is isolated
+    items = rng.integers(0, num_items - 1, num_edges)  # item num_items - 1 is isolated
+    if duplicates:
+        users[:5], items[:5] = users[5:10], items[5:10]
+    return users, items
+
+
+def scipy_bipartite(users, items, num_users, num_items, binary):
+    """[[0, R], [R^T, 0]] with R summed (or binarised) counts, built with scipy alone."""
+    r = sp.coo_matrix((np.ones(len(users)), (users, items)), shape=(num_users, num_items)).tocsr()
+    r.sum_duplicates()
+    if binary:
+        r.data[:] = 1.0
+    return sp.bmat([[None, r], [r.T, None]]).tocsr()
+
+
+def scipy_scale(degree, power, eps):
+    with np.errstate(divide="ignore"):
+        scale = np.power(degree + eps, -power)
+    scale[np.isinf(scale)] = 0.0
+    return scale
+
+
+def assert_same_matrix(graph: Graph, expected: sp.spmatrix):
+    got = graph.to_scipy()
+    assert got.shape == expected.shape
+    diff = abs(got - expected)
+    assert diff.nnz == 0 or diff.max() <= 1e-12 * max(1.0, abs(expected).max())
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-8, 1e-7])
+@pytest.mark.parametrize("duplicates", ["sum", "collapse"])
+def test_bipartite_sym_matches_scipy(eps, duplicates):
+    users, items = interactions()
+    g = Graph.bipartite(users, items, 30, 20, norm="sym", eps=eps, duplicates=duplicates)
+    a = scipy_bipartite(users, items, 30, 20, binary=duplicates == "collapse")
+    d = scipy_scale(np.asarray(a.sum(1)).ravel(), 0.5, eps)
+    assert_same_matrix(g, sp.diags(d) @ a @ sp.diags(d))
+    assert g.symmetric and g.shape == (50, 50)
+    assert g.left is not None and g.right is not None
+    assert (g.values is None) == (duplicates == "collapse")  # the repeated pairs make W weighted under "sum"
+
+
+def test_duplicates_sum_keeps_multiplicity_collapse_binarises():
+    users, items = np.array([0, 0, 0, 1]), np.array([1, 1, 0, 1])
+    summed = Graph.bipartite(users, items, 2, 2, norm=None, duplicates="sum")
+    collapsed = Graph.bipartite(users, items, 2, 2, norm=None, duplicates="collapse")
+    assert summed.to_scipy()[0, 3] == 2.0 and collapsed.to_scipy()[0, 3] == 1.0
+    assert summed.nnz == collapsed.nnz == 6
+    assert collapsed.values is None and summed.values is not None
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-8])
+def test_rw_with_self_loops_is_lattice_form(eps):
+    users, items = interactions(seed=1)
+    g = Graph.bipartite(users, items, 30, 20, norm="rw", eps=eps, self_loops=True, duplicates="collapse")
+    a = scipy_bipartite(users, items, 30, 20, binary=True) + sp.eye(50)
+    d = scipy_scale(np.asarray(a.sum(1)).ravel(), 1.0, eps)
+    assert_same_matrix(g, sp.diags(d) @ a)
+    assert g.right is None
+
+
+def test_left_norm_rectangular_is_mmssl_form():
+    users, items = interactions(seed=2, duplicates=False)
+    ui = Graph.from_edge_index(np.stack([users, items]), shape=(30, 20), norm="left", eps=1e-8)
+    iu = Graph.from_edge_index(np.stack([items, users]), shape=(20, 30), norm="left", eps=1e-8)
+    r = sp.coo_matrix((np.ones(len(users)), (users, items)), shape=(30, 20)).tocsr()
+    assert_same_matrix(ui, sp.diags(np.power(np.asarray(r.sum(1)).ravel() + 1e-8, -0.5)) @ r)
+    assert_same_matrix(iu, sp.diags(np.power(np.asarray(r.sum(0)).ravel() + 1e-8, -0.5)) @ r.T)
+    assert not ui.symmetric and ui.shape == (30, 20)
+
+
+def test_rectangular_sym_uses_row_and_column_degrees():
+    users, items = interactions(seed=3)
+    g = Graph.from_edge_index(np.stack([users, items]), shape=(30, 20), norm="sym")
+    r = sp.coo_matrix((np.ones(len(users)), (users, items)), shape=(30, 20)).tocsr()
+    r.sum_duplicates()
+    dr, dc = scipy_scale(np.asarray(r.sum(1)).ravel(), 0.5, 0), scipy_scale(np.asarray(r.sum(0)).ravel(), 0.5, 0)
+    assert_same_matrix(g, sp.diags(dr) @ r @ sp.diags(dc))
+
+
+def test_norm_none_keeps_values():
+    m = sp.random(12, 9, density=0.3, random_state=0, format="csr")
+    g = Graph.from_scipy(m)
+    assert_same_matrix(g, m)
+    assert g.left is None and g.right is None
+
+
+def test_isolated_node_gets_zero_scale_with_eps_zero_and_finite_with_eps():
+    users, items = interactions()
+    g0 = Graph.bipartite(users, items, 30, 20, eps=0.0)
+    g1 = Graph.bipartite(users, items, 30, 20, eps=1e-7)
+    assert g0.left[29].item() == 0.0 and g0.left[49].item() == 0.0
+    assert g1.left[29].item() == pytest.approx(1e-7 ** -0.5)
+
+
+def test_from_torch_coo_and_csr_and_scipy_agree():
+    m = sp.random(15, 15, density=0.2, random_state=1, format="coo")
+    coo = torch.sparse_coo_tensor(np.stack([m.row, m.col]), m.data, m.shape)
+    g_coo, g_csr, g_sp = Graph.from_torch(coo), Graph.from_torch(coo.coalesce().to_sparse_csr()), Graph.from_scipy(m)
+    for g in (g_coo, g_csr):
+        assert_same_matrix(g, g_sp.to_scipy())
+
+
+def test_from_torch_uncoalesced_duplicates_are_summed():
+    coo = torch.sparse_coo_tensor(torch.tensor([[0, 0, 1], [1, 1, 0]]), torch.tensor([1.0, 2.0, 5.0]), (2, 2))
+    g = Graph.from_torch(coo)
+    assert g.to_scipy()[0, 1] == 3.0 and g.nnz == 2
+
+
+def test_to_torch_round_trip_and_layouts():
+    users, items = interactions()
+    g = Graph.bipartite(users, items, 30, 20)
+    dense = torch.from_numpy(g.to_scipy().toarray())
+    assert torch.allclose(g.to_torch(torch.float64).to_dense(), dense)
+    assert torch.allclose(g.to_torch(torch.float64, layout=torch.sparse_csr).to_dense(), dense)
+    with pytest.raises(ValueError, match="layout"):
+        g.to_torch(layout=torch.strided)
+
+
+def test_transpose_is_cached_and_correct():
+    m = sp.random(7, 11, density=0.4, random_state=2, format="csr")
+    g = Graph.from_scipy(m, norm="sym")
+    t = g.transpose()
+    assert t is g.T and t.T is g
+    assert_same_matrix(t, g.to_scipy().T.tocsr())
+
+
+def test_symmetric_flag_detected_for_generic_square_graphs():
+    a = sp.random(10, 10, density=0.3, random_state=3, format="csr")
+    assert (a != a.T).nnz > 0
+    assert Graph.from_scipy(a + a.T).symmetric
+    assert not Graph.from_scipy(a).symmetric
+    pattern = (a + a.T).tocsr()
+    pattern.data[:] = 1.0
+    weighted = pattern.copy()
+    weighted.data = np.arange(1, weighted.nnz + 1, dtype=np.float64)  # symmetric pattern, asymmetric values
+    assert Graph.from_scipy(pattern).symmetric
+    assert not Graph.from_scipy(weighted).symmetric
+
+
+def test_to_same_device_is_identity():
+    users, items = interactions()
+    g = Graph.bipartite(users, items, 30, 20)
+    assert g.to("cpu") is g
+
+
+def test_raw_constructor_validates():
+    with pytest.raises(ValueError, match="rowptr must have"):
+        Graph(torch.tensor([0, 1]), torch.tensor([0]), shape=(2, 2))
+    with pytest.raises(ValueError, match="col holds index 5"):
+        Graph(torch.tensor([0, 1, 1]), torch.tensor([5]), shape=(2, 2))
+    with pytest.raises(ValueError, match="nondecreasing"):
+        Graph(torch.tensor([0, 2, 1, 2]), torch.tensor([0, 1]), shape=(3, 3))
+    with pytest.raises(ValueError, match="end at nnz"):
+        Graph(torch.tensor([0, 1, 3]), torch.tensor([0, 1]), shape=(2, 2))
+    with pytest.raises(TypeError, match="integer"):
+        Graph(torch.tensor([0.0, 1.0]), torch.tensor([0]), shape=(1, 1))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        Graph(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([float("nan")]), shape=(1, 1))
+    with pytest.raises(ValueError, match="left must have shape"):
+        Graph(torch.tensor([0, 1]), torch.tensor([0]), left=torch.ones(3), shape=(1, 1))
+
+
+def test_out_of_range_ids_raise_naming_the_argument():
+    with pytest.raises(ValueError, match="users holds index 30"):
+        Graph.bipartite([0, 30], [0, 1], 30, 20)
+    with pytest.raises(ValueError, match="items holds index -1"):
+        Graph.bipartite([0, 1], [0, -1], 30, 20)
+    with pytest.raises(ValueError, match=r"edge_index\[1\] holds index 9"):
+        Graph.from_edge_index([[0, 1], [2, 9]], shape=(4, 9))
+    with pytest.raises(ValueError, match="same length"):
+        Graph.bipartite([0, 1, 2], [0, 1], 30, 20)
+    with pytest.raises(ValueError, match=r"shape \(2, E\)"):
+        Graph.from_edge_index(torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        Graph.bipartite([0], [0], 1, 1, norm="symmetric")
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        Graph.bipartite([0], [0], 1, 1, duplicates="max")
+    with pytest.raises(ValueError, match="eps must be"):
+        Graph.bipartite([0], [0], 1, 1, eps=-1.0)
+    with pytest.raises(ValueError, match="self_loops needs a square graph"):
+        Graph.from_edge_index([[0], [1]], shape=(2, 3), self_loops=True)
+    with pytest.raises(ValueError, match="collapse"):
+        Graph.from_edge_index([[0], [1]], values=torch.tensor([2.0]), duplicates="collapse")
+
+
+def test_values_requiring_grad_are_rejected():
+    values = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ValueError, match="requires grad"):
+        Graph.from_edge_index([[0, 1], [1, 0]], values=values)
+    with pytest.raises(ValueError, match="requires grad"):
+        Graph.from_torch(torch.sparse_coo_tensor([[0, 1], [1, 0]], values, (2, 2)))
+    with pytest.raises(ValueError, match="requires grad"):
+        Graph(torch.tensor([0, 1, 2]), torch.tensor([1, 0]), values, shape=(2, 2))
+
+
+def test_from_torch_rejects_dense():
+    with pytest.raises(TypeError, match="sparse COO or CSR"):
+        Graph.from_torch(torch.ones(2, 2))
+
+
+def test_baby_train_graph_statistics():
+    root = data_root()
+    if root is None or not (root / "baby" / "baby.inter").exists():
+        pytest.skip("../shared/data/baby/baby.inter not present (set MMREC_FAST_DATA)")
+    table = np.loadtxt(root / "baby" / "baby.inter", skiprows=1, dtype=np.int64)
+    num_users, num_items = int(table[:, 0].max()) + 1, int(table[:, 1].max()) + 1
+    train = table[table[:, 2] == 0]
+    g = Graph.bipartite(train[:, 0], train[:, 1], num_users, num_items)
+    assert g.shape == (26495, 26495) and g.nnz == 237102
+    a = scipy_bipartite(train[:, 0], train[:, 1], num_users, num_items, binary=False)
+    d = scipy_scale(np.asarray(a.sum(1)).ravel(), 0.5, 0.0)
+    assert_same_matrix(g, sp.diags(d) @ a @ sp.diags(d))
