@@ -1,0 +1,108 @@
+"""Shared pieces of the microbenchmarks: data, synthetic graphs, peak-memory measurement, and the ratio table.
+
+Run from the repository root:  pytest benchmarks/bench_<op>.py  (or `mmrec-fast bench <op>`).
+Each benchmark group holds mmrec_fast and its baselines on the same input in the same run; at the end a table
+prints each group's medians and the speedup of mmrec_fast (median of the baseline / median of mmrec_fast).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+OURS_PREFIX = "mmrec_fast"
+
+
+def data_root() -> Path | None:
+    for candidate in (os.environ.get("MMREC_FAST_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def baby_train_interactions():
+    """(users, items, num_users, num_items) of the real Amazon Baby train split; skips when absent."""
+    root = data_root()
+    path = root / "baby" / "baby.inter" if root else None
+    if path is None or not path.exists():
+        pytest.skip("../shared/data/baby/baby.inter not present (set MMREC_FAST_DATA)")
+    table = np.loadtxt(path, skiprows=1, dtype=np.int64)
+    train = table[table[:, 2] == 0]
+    return train[:, 0], train[:, 1], int(table[:, 0].max()) + 1, int(table[:, 1].max()) + 1
+
+
+def powerlaw_interactions(num_users: int, num_items: int, num_interactions: int, exponent: float = 1.1, seed: int = 0):
+    """Bipartite interactions whose user activity and item popularity follow Zipf-like power laws."""
+    rng = np.random.default_rng(seed)
+
+    def zipf_probabilities(size):
+        p = 1.0 / np.arange(1, size + 1) ** exponent
+        return rng.permutation(p / p.sum())
+
+    users = rng.choice(num_users, num_interactions, p=zipf_probabilities(num_users))
+    items = rng.choice(num_items, num_interactions, p=zipf_probabilities(num_items))
+    return users, items, num_users, num_items
+
+
+def peak_tensor_memory(fn) -> tuple[float, float]:
+    """(live tensor bytes when fn starts, peak live tensor bytes while it runs), from the profiler's memory timeline.
+
+    Counts CPU/GPU tensors torch allocates (not allocator slack or library scratch such as MKL's)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    timeline = MemoryProfileTimeline(prof._memory_profile())
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    _, sizes = timeline._coalesce_timeline(device)
+    totals = np.asarray(sizes, dtype=np.float64).sum(axis=1)
+    return float(totals[0]), float(totals.max())
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    session = getattr(config, "_benchmarksession", None)
+    if session is None or not session.benchmarks:
+        return
+    groups: dict[str, list] = {}
+    for bench in session.benchmarks:
+        groups.setdefault(bench.group or "", []).append(bench)
+    write = terminalreporter.write_line
+    write("")
+    write(f"mmrec_fast ratios (median of baseline / median of mmrec_fast; > 1 means mmrec_fast is faster)")
+    write(f"machine: {machine_description()}")
+    for group, benches in groups.items():
+        ours = [b for b in benches if b.name.split("[", 1)[-1].startswith(OURS_PREFIX)]
+        write("")
+        write(f"{group}")
+        for bench in sorted(benches, key=lambda b: b.stats.median):
+            label = bench.name.split("[", 1)[-1].rstrip("]")
+            line = f"  {label:<42} median {bench.stats.median * 1e3:10.2f} ms"
+            memory = bench.extra_info.get("peak_extra_nd")
+            if memory is not None:
+                line += f"   peak extra {memory:6.2f} x (n x d)"
+            if bench not in ours:
+                ratios = ", ".join(
+                    f"{o.name.split('[', 1)[-1].split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"
+                    for o in ours
+                )
+                line += f"   speedup of {ratios}" if ratios else ""
+            write(line)
