@@ -3,6 +3,7 @@
 Ops (each with ``backend="reference" | "native" | "triton" | None``):
 
 * :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
+* :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
 
 See README.md for the table of ops x backends x dtypes.
 """
@@ -16,7 +17,7 @@ import torch
 from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
-from .ops import propagate, spmm
+from .ops import propagate, spmm, topk_scores
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "propagate",
     "set_backend",
     "spmm",
+    "topk_scores",
     "use_backend",
 ]
 

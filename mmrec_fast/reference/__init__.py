@@ -1,5 +1,6 @@
 """The pure-PyTorch specifications of every op: what "correct" means for the kernels."""
 
 from .propagate import propagate, spmm
+from .topk_scores import topk_scores
 
-__all__ = ["propagate", "spmm"]
+__all__ = ["propagate", "spmm", "topk_scores"]

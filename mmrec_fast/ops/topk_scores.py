@@ -1,0 +1,88 @@
+"""topk_scores: fused score + mask-out-known-items + top-k for full-ranking evaluation.
+
+Dispatch and argument checks. Backends: reference (mmrec_fast/reference/topk_scores.py). Selection runs without
+autograd (evaluation); results are constants.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+
+from .. import backends, reference
+from ..graph import Graph
+
+SUPPORT = backends.OpSupport(
+    "topk_scores",
+    dtypes={
+        ("reference", "cpu"): backends.FLOAT_DTYPES,
+        ("reference", "cuda"): backends.FLOAT_DTYPES,
+    },
+    preference={"cpu": ("reference",), "cuda": ("reference",)},
+)
+
+
+def _exclusion_graph(exclude, shape) -> Optional[Graph]:
+    if exclude is None:
+        return None
+    if isinstance(exclude, torch.Tensor) and exclude.layout in (torch.sparse_coo, torch.sparse_csr):
+        exclude = Graph.from_torch(exclude.detach())
+    if not isinstance(exclude, Graph):
+        raise TypeError(f"topk_scores: exclude must be a Graph, a torch sparse COO/CSR tensor or None, got {type(exclude).__name__}")
+    if exclude.shape != shape:
+        raise ValueError(f"topk_scores: exclude has shape {exclude.shape}, expected (num_queries, num_keys) = {shape}")
+    return exclude
+
+
+def topk_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    *,
+    exclude: Union[Graph, torch.Tensor, None] = None,
+    backend: Optional[str] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inner-product top-k of each query among all keys, known pairs excluded, without a Q x K score matrix
+    (on the fast backends).
+
+    Args:
+        queries: (Q, d) floating, e.g. user embeddings.
+        keys: (K, d) floating, same dtype and device, e.g. item embeddings.
+        k: 0 <= k <= K.
+        exclude: (Q, K) Graph or torch sparse tensor whose stored entries are removed before selection (e.g. the
+            users' training items; values are ignored), or None.
+        backend: "reference" | "native" | "triton" | None (see :mod:`mmrec_fast.backends`).
+
+    Returns:
+        values: (Q, k) scores, descending; float64 for float64 inputs, else float32.
+        indices: (Q, k) int64 key indices; ties go to the lower index; -1 (with value -inf) where a row has fewer
+        than k keys left after exclusion.
+    """
+    for name, t in (("queries", queries), ("keys", keys)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"topk_scores: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"topk_scores: {name} must be 2-D, got shape {tuple(t.shape)}")
+        if t.dtype not in backends.FLOAT_DTYPES:
+            raise TypeError(f"topk_scores: {name} must be floating point, got {t.dtype}")
+    if queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"topk_scores: queries have d={queries.shape[1]} but keys have d={keys.shape[1]}")
+    if queries.dtype != keys.dtype or queries.device != keys.device:
+        raise ValueError(
+            f"topk_scores: queries ({queries.dtype}, {queries.device}) and keys ({keys.dtype}, {keys.device}) "
+            "must share dtype and device"
+        )
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"topk_scores: k must be an integer >= 0, got {k!r}")
+    if k > keys.shape[0]:
+        raise ValueError(f"topk_scores: k={k} is larger than the number of keys ({keys.shape[0]})")
+    graph = _exclusion_graph(exclude, (queries.shape[0], keys.shape[0]))
+    if graph is not None and graph.device != queries.device:
+        raise ValueError(f"topk_scores: exclude is on {graph.device} but queries are on {queries.device}")
+    chosen = backends.resolve(SUPPORT, queries, backend)
+    with torch.no_grad():
+        if chosen == "reference":
+            return reference.topk_scores(queries, keys, int(k), graph)
+    raise AssertionError(f"unhandled backend {chosen}")  # resolve only returns backends listed in SUPPORT

@@ -1,0 +1,27 @@
+"""Reference masked top-k scoring: the specification of ``topk_scores``.
+
+Scores every query against every key (Q x K, materialised: this is the specification, not the fast path), sets
+excluded pairs to -inf, and sorts each row by descending score with a stable sort, so ties go to the lower key
+index. Slots beyond the candidates a row has left get index -1 and value -inf.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..graph import Graph
+
+
+def topk_scores(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: Graph | None = None):
+    """queries: (Q, d); keys: (K, d); exclude: (Q, K) Graph of pairs to leave out, or None.
+
+    Returns (values (Q, k) in the accumulation dtype (float64 for float64 inputs, else float32),
+    indices (Q, k) int64)."""
+    acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    scores = queries.to(acc) @ keys.to(acc).T
+    if exclude is not None:
+        row, col, _ = exclude.coo()
+        scores[row, col] = float("-inf")
+    values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
+    values, indices = values[:, :k], indices[:, :k]
+    return values, indices.masked_fill(values == float("-inf"), -1)
