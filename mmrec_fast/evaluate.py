@@ -144,6 +144,8 @@ def ranking_metrics(
     depth = max(ks)
     if depth > num_items:
         raise ValueError(f"max(ks) = {depth} is larger than the number of items ({num_items})")
+    if len(relevant) == 0:
+        raise ValueError("ranking_metrics: no relevant pairs, so no user to evaluate")
     truth = relevant.unique_pairs(num_items)
     users, num_relevant = torch.unique_consecutive(truth.users, return_counts=True)
     truth_keys = truth.users * num_items + truth.items  # sorted

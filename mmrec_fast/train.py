@@ -265,7 +265,7 @@ class Trainer:
         return record
 
     def _write_record(self, *, stopped_early: bool, finished: bool = False) -> None:
-        epochs = [e for e in self.history]
+        epochs = list(self.history)
         train_seconds = [e["train_seconds"] for e in epochs]
         self.record.update(
             epochs=epochs,
