@@ -104,10 +104,11 @@ def cmd_train(args) -> int:
     print(_metric_table(record["test"]))
     epochs = record["epochs"]
     evals = [e["eval_seconds"] for e in epochs if "eval_seconds" in e]
-    print(f"\ntime per epoch: {record['median_epoch_seconds']:.2f} s training (median of {len(epochs)} epochs, "
-          f"{len(dataset.train) / record['median_epoch_seconds'] / 1e3:.1f}k interactions/s)"
-          + (f", {sum(evals) / len(evals):.2f} s validation" if evals else "")
-          + f"; test evaluation {record['test_seconds']:.2f} s")  # fmt: skip
+    if epochs:
+        print(f"\ntime per epoch: {record['median_epoch_seconds']:.2f} s training (median of {len(epochs)} epochs, "
+              f"{len(dataset.train) / record['median_epoch_seconds'] / 1e3:.1f}k interactions/s)"
+              + (f", {sum(evals) / len(evals):.2f} s validation" if evals else "")
+              + f"; test evaluation {record['test_seconds']:.2f} s")  # fmt: skip
     print(f"backends: {record['environment']['backends']}; {record['environment']['machine']}")
     if args.out:
         print(f"run record: {Path(args.out) / 'run.json'}; checkpoints: {Path(args.out) / 'last.pt'}, {Path(args.out) / 'best.pt'}")

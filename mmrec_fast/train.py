@@ -241,6 +241,8 @@ class Trainer:
             raise ValueError(f"{path}: a best-model checkpoint cannot resume training; use last.pt")
         if state["model_name"] != self.model_name:
             raise ValueError(f"{path}: a {state['model_name']} checkpoint, but this trainer trains {self.model_name}")
+        if state["dataset_source"] != self.dataset.source:
+            raise ValueError(f"{path}: trained on {state['dataset_source']}, not on this dataset ({self.dataset.source})")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         _set_rng_state(state["rng"])

@@ -149,3 +149,12 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an mmrec_fast checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_resume_refuses_another_dataset(dataset, tmp_path):
+    seed_everything(0)
+    Trainer(LightGCN.from_dataset(dataset, dim=16), dataset, quiet(epochs=1, out_dir=str(tmp_path))).fit()
+    other = synthetic("small", num_users=200, num_items=100, num_interactions=2400, feature_dims={}, seed=4)
+    trainer = Trainer(LightGCN.from_dataset(other, dim=16), other, quiet(epochs=2))
+    with pytest.raises(ValueError, match="last.pt: trained on .*'seed': 3.*not on this dataset"):
+        trainer.resume(tmp_path / "last.pt")
