@@ -45,7 +45,7 @@ if os.environ.get("MMREC_FAST_NO_EXTENSION") != "1":
     cmdclass["build_ext"] = cpp_extension.BuildExtension.with_options(use_ninja=True)
 
 setup(
-    packages=["mmrec_fast", "mmrec_fast.ops", "mmrec_fast.reference", "mmrec_fast.kernels"],
+    packages=["mmrec_fast", "mmrec_fast.ops", "mmrec_fast.reference", "mmrec_fast.kernels", "mmrec_fast.data", "mmrec_fast.models"],
     package_dir={"mmrec_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -5,6 +5,10 @@ Ops (each with ``backend="reference" | "native" | "triton" | None``):
 * :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
 * :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
 
+Models and training: :mod:`mmrec_fast.data` (MMRec / MMSSL loaders, synthetic data, BPR sampler),
+:mod:`mmrec_fast.models` (LightGCN, ...), :mod:`mmrec_fast.evaluate` (full-ranking metrics),
+:class:`Trainer` / :class:`TrainConfig` (:mod:`mmrec_fast.train`), and the ``mmrec-fast`` command line.
+
 See README.md for the table of ops x backends x dtypes.
 """
 
@@ -18,15 +22,22 @@ from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
 from .ops import propagate, spmm, topk_scores
+from . import data, evaluate, models  # noqa: E402  (after the ops they use)
+from .train import TrainConfig, Trainer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Graph",
+    "TrainConfig",
+    "Trainer",
     "available",
     "backends",
+    "data",
+    "evaluate",
     "get_backend",
     "info",
+    "models",
     "propagate",
     "set_backend",
     "spmm",

@@ -1,5 +1,11 @@
 """The ``mmrec-fast`` command line.
 
+    mmrec-fast train --model lightgcn [--data DIR] [--epochs N] [--backend B] [--device D] [--out DIR] ...
+                                       train on a dataset directory (MMRec or MMSSL format) or, without --data,
+                                       on the embedded synthetic dataset; print per-epoch lines, the test metrics
+                                       and the time per epoch; --out keeps checkpoints and the run record
+    mmrec-fast evaluate --checkpoint PATH [--split test|valid] [--data DIR]
+                                       full-ranking metrics of a saved model
     mmrec-fast info                    versions, what was built, which backend runs each op on each device
     mmrec-fast bench [OP ...|all]      run the microbenchmarks (benchmarks/bench_<op>.py) and print the table of
                                        medians and speedups against the baselines run beside them
@@ -48,9 +54,150 @@ def cmd_bench(args) -> int:
     return subprocess.call(command, cwd=REPO_ROOT)
 
 
+def _dataset(args):
+    from . import data
+
+    if args.data is None:
+        return data.synthetic(args.synthetic, seed=args.data_seed)
+    return data.load(args.data, format=args.format)
+
+
+def _metric_table(metrics: dict[str, float]) -> str:
+    """Rows = metrics, columns = cut-offs, from {"recall@20": ...}."""
+    names = list(dict.fromkeys(key.split("@")[0] for key in metrics))
+    ks = list(dict.fromkeys(int(key.split("@")[1]) for key in metrics))
+    lines = [f"{'':10}" + "".join(f"{'@' + str(k):>9}" for k in ks)]
+    for name in names:
+        lines.append(f"{name:10}" + "".join(f"{metrics.get(f'{name}@{k}', float('nan')):9.4f}" for k in ks))
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from . import models
+    from .train import TrainConfig, Trainer, seed_everything
+
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, valid_metric=args.valid_metric, patience=args.patience, eval_every=args.eval_every,
+        ks=args.ks, ndcg=args.ndcg, eval_batch_size=args.eval_batch_size, eval_backend=args.eval_backend,
+        seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress,
+    )  # fmt: skip
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dataset = _dataset(args)
+    print(dataset, flush=True)
+    for note in dataset.notes:
+        print(f"note: {note}", flush=True)
+    seed_everything(args.seed)
+    hyperparameters = {"dim": args.dim, "num_layers": args.layers, "reg_weight": args.reg_weight, "backend": args.backend}
+    model = models.build(args.model, dataset, **hyperparameters)
+    trainer = Trainer(model, dataset, config, model_name=args.model)
+    if args.resume:
+        trainer.resume(args.resume)
+        print(f"resumed from {args.resume} after epoch {trainer.epoch}", flush=True)
+    record = trainer.fit()
+    best = record["best_epoch"]
+    which = f"best model (epoch {best}, by {config.valid_metric} on valid)" if best is not None else "final model"
+    print(f"\ntest metrics of the {which}:")
+    print(_metric_table(record["test"]))
+    epochs = record["epochs"]
+    evals = [e["eval_seconds"] for e in epochs if "eval_seconds" in e]
+    if epochs:
+        print(f"\ntime per epoch: {record['median_epoch_seconds']:.2f} s training (median of {len(epochs)} epochs, "
+              f"{len(dataset.train) / record['median_epoch_seconds'] / 1e3:.1f}k interactions/s)"
+              + (f", {sum(evals) / len(evals):.2f} s validation" if evals else "")
+              + f"; test evaluation {record['test_seconds']:.2f} s")  # fmt: skip
+    print(f"backends: {record['environment']['backends']}; {record['environment']['machine']}")
+    if args.out:
+        print(f"run record: {Path(args.out) / 'run.json'}; checkpoints: {Path(args.out) / 'last.pt'}, {Path(args.out) / 'best.pt'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import data, models
+    from .evaluate import evaluate
+    from .train import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    dataset = data.load(args.data, format=args.format) if args.data else data.from_source(state["dataset_source"])
+    model = models.build(state["model_name"], dataset, **state["hyperparameters"])
+    model.load_state_dict(state["model_state"])
+    config = state["config"]
+    ks = args.ks or config["ks"]
+    ndcg = args.ndcg or config["ndcg"]
+    metrics = evaluate(model, dataset, args.split, ks=ks, ndcg=ndcg, backend=args.eval_backend,
+                       batch_size=config["eval_batch_size"])  # fmt: skip
+    print(f"{state['model_name']} (checkpoint of epoch {state['epoch']}) on {dataset.name}, {args.split} split, ndcg={ndcg}:")
+    print(_metric_table(metrics))
+    return 0
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 5,10,20,50, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"cut-offs must be >= 1, got {text!r}")
+    return ks
+
+
+def _add_data_arguments(parser) -> None:
+    from .data import DEFAULT_PRESET, PRESETS
+
+    parser.add_argument("--data", metavar="DIR", help="dataset directory: <name>.inter (MMRec) or train/val/test.json "
+                        "(MMSSL) + image/text/audio_feat.npy; default: the synthetic dataset")  # fmt: skip
+    parser.add_argument("--format", choices=("auto", "mmrec", "mmssl"), default="auto", help="format of --data (default: auto)")
+    parser.add_argument("--synthetic", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                        help=f"synthetic preset used without --data (default: {DEFAULT_PRESET})")  # fmt: skip
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmrec-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    from .backends import BACKENDS
+    from .models import MODELS
+
+    train = commands.add_parser("train", help="train a model and report its test metrics")
+    train.add_argument("--model", required=True, choices=sorted(MODELS), help="the model to train")
+    _add_data_arguments(train)
+    train.add_argument("--epochs", type=int, default=1000, help="most epochs (default 1000; early stopping usually ends sooner)")
+    train.add_argument("--batch-size", type=int, default=2048)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
+    train.add_argument("--dim", type=int, default=64, help="embedding size")
+    train.add_argument("--layers", type=int, default=3, help="propagation layers")
+    train.add_argument("--reg-weight", type=float, default=1e-4, help="L2 weight on the batch embeddings")
+    train.add_argument("--valid-metric", default="recall@20", help="early-stopping metric (default recall@20)")
+    train.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
+    train.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
+    train.add_argument("--ks", type=_ks, default=(5, 10, 20, 50), help="cut-offs, comma-separated (default 5,10,20,50)")
+    train.add_argument("--ndcg", choices=("mmrec", "ngcf"), default="mmrec", help="NDCG form (ngcf: MMSSL's)")
+    train.add_argument("--eval-batch-size", type=int, default=4096)
+    train.add_argument("--backend", choices=BACKENDS, default=None, help="backend of the model's ops (default: automatic)")
+    train.add_argument("--eval-backend", choices=BACKENDS, default=None, help="backend of topk_scores in evaluation (default: automatic)")
+    train.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--out", metavar="DIR", help="write last.pt, best.pt and run.json here")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
+    evaluate.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt or last.pt of a training run")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    evaluate.add_argument("--data", metavar="DIR", help="dataset directory (default: the one the checkpoint was trained on)")
+    evaluate.add_argument("--format", choices=("auto", "mmrec", "mmssl"), default="auto")
+    evaluate.add_argument("--ks", type=_ks, default=None, help="cut-offs (default: those of the training run)")
+    evaluate.add_argument("--ndcg", choices=("mmrec", "ngcf"), default=None)
+    evaluate.add_argument("--eval-backend", choices=BACKENDS, default=None)
+    evaluate.set_defaults(run=cmd_evaluate)
+
     info = commands.add_parser("info", help="versions, build and backends")
     info.set_defaults(run=cmd_info)
     bench = commands.add_parser("bench", help="run microbenchmarks and print ratios against baselines")
@@ -61,9 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"mmrec-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

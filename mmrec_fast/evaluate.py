@@ -1,0 +1,237 @@
+"""Full-ranking evaluation: Recall, NDCG, Precision and MAP at several K, every item a candidate, known items out.
+
+The protocol is MMRec's (``src/common/trainer.py`` ``evaluate``, ``src/utils/topk_evaluator.py``,
+``src/utils/metrics.py``): the users evaluated are those with at least one item in the evaluated split; each is
+ranked against all items with their training items excluded (valid items are *not* excluded at test time, nor
+test items at validation); metrics are averaged over the evaluated users. With R_u the user's relevant items
+(distinct pairs of the split), hits h_1..h_K in the top K = max(ks):
+
+* Recall@k = sum_{j<=k} h_j / |R_u|;  Precision@k = sum_{j<=k} h_j / k;
+* NDCG@k = DCG@k / IDCG@k, DCG@k = sum_{j<=k} h_j / log2(j + 1), IDCG@k the DCG of n ideal hits, with
+  n = min(|R_u|, k) (``ndcg="mmrec"``, the standard form) or n = min(hits in the top K, k) (``ndcg="ngcf"``:
+  the NGCF/MMSSL code's ``ndcg_at_k``, which builds the ideal list from the retrieved hit vector and so
+  inflates NDCG; 0 when nothing is retrieved);
+* MAP@k = sum_{j<=k} h_j * Precision@j / min(k, |R_u|)   (MMRec's ``map_``).
+
+Ranking goes through :func:`mmrec_fast.topk_scores` (score + exclude + top-k without a U x I matrix on the fast
+backends), a batch of users at a time. Models that expose only MMRec's ``full_sort_predict`` are ranked from their
+(B, I) score rows with the same rules (excluded items out, ties to the lower item index).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .data.dataset import SPLITS, Dataset, Interactions
+from .graph import Graph
+from .ops import topk_scores
+
+DEFAULT_KS = (5, 10, 20, 50)
+METRICS = ("recall", "ndcg", "precision", "map")
+NDCG_FORMS = ("mmrec", "ngcf")
+
+
+def rank_metrics(hits: torch.Tensor, num_relevant: torch.Tensor, ks: Sequence[int] = DEFAULT_KS,
+                 metrics: Sequence[str] = METRICS, ndcg: str = "mmrec") -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per-user metrics from hit indicators.
+
+    Args:
+        hits: (B, K) bool, hits[b, j] = the item ranked j + 1 for user b is relevant; K = max(ks).
+        num_relevant: (B,) integer |R_u| >= 1.
+        ks, metrics, ndcg: as in :func:`evaluate`.
+
+    Returns:
+        "<metric>@<k>" -> (B,) float64 per-user values.
+    """
+    _check_options(ks, metrics, ndcg)
+    num_users, depth = hits.shape
+    if depth != max(ks):
+        raise ValueError(f"hits has {depth} columns but max(ks) = {max(ks)}")
+    h = hits.to(torch.float64)
+    relevant = num_relevant.to(device=h.device, dtype=torch.float64)
+    ranks = torch.arange(1, depth + 1, device=h.device, dtype=torch.float64)
+    discount = 1.0 / torch.log2(ranks + 1)
+    found = h.cumsum(1)  # (B, K) hits within the top j
+    dcg = (h * discount).cumsum(1)
+    ideal = torch.cat([discount.new_zeros(1), discount.cumsum(0)])  # ideal[n] = DCG of n hits at the top
+    average_precision_sum = (h * found / ranks).cumsum(1)
+    out = {}
+    for metric in metrics:
+        for k in ks:
+            if metric == "recall":
+                value = found[:, k - 1] / relevant
+            elif metric == "precision":
+                value = found[:, k - 1] / k
+            elif metric == "ndcg":
+                ideal_hits = relevant if ndcg == "mmrec" else found[:, -1]
+                idcg = ideal[ideal_hits.clamp(max=k).to(torch.int64)]
+                value = torch.where(idcg > 0, dcg[:, k - 1] / idcg.clamp(min=1e-300), torch.zeros_like(idcg))
+            else:  # map
+                value = average_precision_sum[:, k - 1] / relevant.clamp(max=k)
+            out[f"{metric}@{k}"] = value
+    return out
+
+
+def evaluate(
+    model,
+    dataset: Dataset,
+    split: str = "test",
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    metrics: Sequence[str] = METRICS,
+    ndcg: str = "mmrec",
+    exclude: Sequence[str] = ("train",),
+    batch_size: int = 4096,
+    backend: str | None = None,
+) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on ``split`` of ``dataset``, averaged over the split's users.
+
+    Args:
+        model: one of
+            * an object with ``embeddings() -> (users (U, d), items (I, d))`` (score = dot product): ranked by
+              :func:`mmrec_fast.topk_scores`;
+            * a pair ``(user_embeddings (U, d), item_embeddings (I, d))``, the same;
+            * an object with MMRec's ``full_sort_predict(users (B,) int64) -> (B, I) scores``.
+        dataset: the :class:`~mmrec_fast.data.Dataset`.
+        split: "valid" | "test".
+        ks: cut-offs, e.g. (5, 10, 20, 50).
+        metrics: any of "recall", "ndcg", "precision", "map".
+        ndcg: "mmrec" (standard IDCG) | "ngcf" (MMSSL's form; see the module docstring).
+        exclude: the splits whose pairs are removed from every user's ranking (MMRec: ("train",)).
+        batch_size: users ranked at once.
+        backend: the backend of ``topk_scores`` (None: automatic).
+
+    Returns:
+        {"recall@20": ..., ...}: floats, metric-major in the order of ``metrics`` then ``ks``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    for name in exclude:
+        if name not in SPLITS:
+            raise ValueError(f"exclude names splits {SPLITS}, got {name!r}")
+    if tuple(exclude) == ("train",):
+        excluded = dataset.train_matrix
+    elif exclude:
+        parts = [dataset.split(name) for name in exclude]
+        excluded = Interactions(torch.cat([p.users for p in parts]), torch.cat([p.items for p in parts])).matrix(
+            dataset.num_users, dataset.num_items
+        )
+    else:
+        excluded = None
+    return ranking_metrics(model, dataset.split(split), dataset.num_items, exclude=excluded, ks=ks, metrics=metrics,
+                           ndcg=ndcg, batch_size=batch_size, backend=backend)  # fmt: skip
+
+
+def ranking_metrics(
+    model,
+    relevant: Interactions,
+    num_items: int,
+    *,
+    exclude: Graph | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    metrics: Sequence[str] = METRICS,
+    ndcg: str = "mmrec",
+    batch_size: int = 4096,
+    backend: str | None = None,
+) -> dict[str, float]:
+    """:func:`evaluate` on explicit data: ``relevant`` pairs (each user's relevant items) and an (U, I)
+    ``exclude`` :class:`~mmrec_fast.Graph` of pairs to leave out of the rankings (or None)."""
+    _check_options(ks, metrics, ndcg)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    depth = max(ks)
+    if depth > num_items:
+        raise ValueError(f"max(ks) = {depth} is larger than the number of items ({num_items})")
+    if len(relevant) == 0:
+        raise ValueError("ranking_metrics: no relevant pairs, so no user to evaluate")
+    truth = relevant.unique_pairs(num_items)
+    users, num_relevant = torch.unique_consecutive(truth.users, return_counts=True)
+    truth_keys = truth.users * num_items + truth.items  # sorted
+    ranker = _Ranker(model, num_items, backend)
+    sums = None
+    with torch.no_grad():
+        for start in range(0, users.numel(), batch_size):
+            batch = users[start:start + batch_size]
+            rows = None if exclude is None else _rows_of(exclude, batch)
+            top = ranker.top(batch, depth, rows).cpu()  # (B, K) item ids, -1 where nothing is left
+            keys = batch.unsqueeze(1) * num_items + top
+            position = torch.searchsorted(truth_keys, keys).clamp(max=truth_keys.numel() - 1)
+            hits = (truth_keys[position] == keys) & (top >= 0)
+            per_user = rank_metrics(hits, num_relevant[start:start + batch_size], ks, metrics, ndcg)
+            batch_sums = {name: float(values.sum()) for name, values in per_user.items()}
+            sums = batch_sums if sums is None else {name: sums[name] + batch_sums[name] for name in sums}
+    ranker.close()
+    return {name: total / users.numel() for name, total in sums.items()}
+
+
+class _Ranker:
+    """The top-k items of a batch of users for each kind of model that :func:`evaluate` accepts."""
+
+    def __init__(self, model, num_items: int, backend: str | None):
+        self.model, self.backend, self.was_training = model, backend, None
+        if isinstance(model, (tuple, list)):
+            self.user_embeddings, self.item_embeddings = model
+        elif hasattr(model, "embeddings") or hasattr(model, "full_sort_predict"):
+            if isinstance(model, torch.nn.Module):
+                self.was_training = model.training
+                model.eval()
+            if hasattr(model, "embeddings"):
+                with torch.no_grad():
+                    self.user_embeddings, self.item_embeddings = model.embeddings()
+            else:
+                self.user_embeddings = self.item_embeddings = None
+        else:
+            raise TypeError("evaluate: model must have embeddings() or full_sort_predict(users), or be a pair "
+                            f"(user_embeddings, item_embeddings); got {type(model).__name__}")  # fmt: skip
+        if self.item_embeddings is not None and self.item_embeddings.shape[0] != num_items:
+            raise ValueError(f"evaluate: {self.item_embeddings.shape[0]} item embeddings for {num_items} items")
+
+    def top(self, users: torch.Tensor, k: int, exclude: Graph | None) -> torch.Tensor:
+        """users: (B,) int64 -> (B, k) int64 item ids (-1 where fewer than k items remain)."""
+        if self.user_embeddings is not None:
+            device = self.user_embeddings.device
+            queries = self.user_embeddings[users.to(device)]
+            exclude = None if exclude is None else exclude.to(device)
+            return topk_scores(queries, self.item_embeddings, k, exclude=exclude, backend=self.backend)[1]
+        scores = self.model.full_sort_predict(users.to(_device_of(self.model))).detach()
+        scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32, copy=True)
+        if exclude is not None:
+            row, col, _ = exclude.to(scores.device).coo()
+            scores[row, col] = float("-inf")
+        values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
+        return indices[:, :k].masked_fill(values[:, :k] == float("-inf"), -1)
+
+    def close(self) -> None:
+        if self.was_training:
+            self.model.train()
+
+
+def _device_of(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _rows_of(matrix: Graph, rows: torch.Tensor) -> Graph:
+    """The (B, n) graph of rows ``rows`` ((B,) int64) of the binary (m, n) ``matrix``."""
+    rows = rows.to(matrix.device)
+    starts = matrix.rowptr[rows]
+    counts = matrix.rowptr[rows + 1] - starts
+    rowptr = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=matrix.device)
+    rowptr[1:] = torch.cumsum(counts, 0)
+    within = torch.arange(int(rowptr[-1]), device=matrix.device) - torch.repeat_interleave(rowptr[:-1], counts)
+    col = matrix.col[torch.repeat_interleave(starts, counts) + within]
+    return Graph(rowptr, col, shape=(rows.numel(), matrix.shape[1]))
+
+
+def _check_options(ks, metrics, ndcg) -> None:
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be among {METRICS}, got {list(metrics)!r}")
+    if ndcg not in NDCG_FORMS:
+        raise ValueError(f"ndcg must be one of {NDCG_FORMS}, got {ndcg!r}")

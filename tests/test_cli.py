@@ -1,0 +1,76 @@
+"""Smoke tests of the ``mmrec-fast`` command line: train (synthetic default and a data directory), evaluate a
+checkpoint, resume, and the errors for a bad path or an unknown model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mmrec_fast.cli import main
+
+from test_data import write_mmrec
+
+FAST = ["--epochs", "2", "--no-progress", "--ks", "5,20", "--dim", "16"]
+
+
+def test_train_on_the_synthetic_default_then_evaluate_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--out", str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic-small" in printed and "epoch    1" in printed
+    assert re.search(r"test metrics of the best model \(epoch \d, by recall@20 on valid\)", printed)
+    assert re.search(r"recall\s+\d\.\d{4}\s+\d\.\d{4}", printed)
+    assert re.search(r"time per epoch: \d+\.\d\d s training", printed)
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["name"] == "lightgcn" and record["epochs_run"] == 2
+
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt")]) == 0
+    printed = capsys.readouterr().out
+    row = re.search(r"recall\s+(\d\.\d{4})\s+(\d\.\d{4})", printed)
+    assert row and float(row.group(2)) == pytest.approx(record["test"]["recall@20"], abs=5e-5)
+
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--out", str(out), "--resume", str(out / "last.pt"),
+                 *FAST[:1], "3", *FAST[2:]]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "epoch    2" in printed and "epoch    1 " not in printed
+
+
+def test_train_on_a_data_directory(tmp_path, capsys):
+    directory = write_mmrec(tmp_path / "toy")
+    assert main(["train", "--model", "lightgcn", "--data", str(directory), "--epochs", "1", "--no-progress", "--ks", "1,2", "--valid-metric", "ndcg@2"]) == 0
+    assert "Dataset('toy'" in capsys.readouterr().out
+
+
+def test_errors(tmp_path, capsys):
+    assert main(["train", "--model", "lightgcn", "--data", str(tmp_path / "absent"), *FAST]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--model", "lightgcn", "--data", str(tmp_path / "empty"), *FAST]) == 2
+    assert "no <name>.inter file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "mmgcn"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'mmgcn' (choose from lightgcn)" in capsys.readouterr().err.replace("'lightgcn'", "lightgcn")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "absent.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--valid-metric", "recall@10", *FAST]) == 2
+    assert "valid_metric 'recall@10' is not computed" in capsys.readouterr().err
+
+
+def test_info_and_bench_still_work(capsys):
+    assert main(["info"]) == 0
+    assert json.loads(capsys.readouterr().out)["mmrec_fast"]
+    assert main(["bench", "no_such_op"]) == 2
+    assert "unknown benchmark 'no_such_op'" in capsys.readouterr().err
+
+
+def test_console_script():
+    script = shutil.which("mmrec-fast")
+    command = [script] if script else [sys.executable, "-m", "mmrec_fast"]
+    result = subprocess.run(command + ["train", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--model {lightgcn}" in result.stdout

@@ -1,0 +1,91 @@
+"""LightGCN: the math against a plain-PyTorch LightGCN (MMRec's torch.sparse.mm loop), the same math on every
+backend, and a short training run that must beat the popularity ranker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmrec_fast import Graph
+from mmrec_fast.data import BPRSampler, synthetic
+from mmrec_fast.evaluate import evaluate
+from mmrec_fast.models import LightGCN, Popularity, build
+from mmrec_fast.train import TrainConfig, Trainer, seed_everything
+
+from conftest import kernel_backends
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic("small", num_users=120, num_items=80, num_interactions=1500, feature_dims={}, seed=7)
+
+
+def plain_lightgcn(dataset, embedding: torch.Tensor, num_layers: int = 3):
+    """MMRec's LightGCN.forward: D^-1/2 A D^-1/2 as a torch sparse tensor, one torch.sparse.mm per layer, mean."""
+    users, items = dataset.train.unique_pairs(dataset.num_items).users, dataset.train.unique_pairs(dataset.num_items).items
+    n = dataset.num_users + dataset.num_items
+    row = torch.cat([users, items + dataset.num_users])
+    col = torch.cat([items + dataset.num_users, users])
+    degree = torch.bincount(row, minlength=n).to(embedding.dtype)
+    scale = degree.pow(-0.5).masked_fill(degree == 0, 0)
+    adjacency = torch.sparse_coo_tensor(torch.stack([row, col]), scale[row] * scale[col], (n, n))
+    layers = [embedding]
+    for _ in range(num_layers):
+        layers.append(torch.sparse.mm(adjacency, layers[-1]))
+    out = torch.stack(layers, dim=1).mean(dim=1)
+    return out[: dataset.num_users], out[dataset.num_users :]
+
+
+@pytest.mark.parametrize("backend", ["reference"] + kernel_backends("cpu"))
+def test_forward_and_loss_match_plain_pytorch(dataset, backend):
+    torch.manual_seed(0)
+    model = LightGCN.from_dataset(dataset, dim=8, backend=backend).double()
+    users, items = model.forward()
+    want_users, want_items = plain_lightgcn(dataset, model.embedding.detach())
+    torch.testing.assert_close(users, want_users, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(items, want_items, rtol=1e-12, atol=1e-14)
+    batch = next(BPRSampler(dataset.train, dataset.num_users, dataset.num_items, 64, seed=1).epoch(0))
+    u, p, n = want_users[batch[0]], want_items[batch[1]], want_items[batch[2]]
+    ego = model.embedding.detach()
+    l2 = (ego[batch[0]].square().sum() + ego[dataset.num_users + batch[1]].square().sum()
+          + ego[dataset.num_users + batch[2]].square().sum()) / (2 * 64)  # fmt: skip
+    want = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean() + 1e-4 * l2
+    torch.testing.assert_close(model.calculate_loss(batch), want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(model.full_sort_predict(batch[0][:5]), u[:5] @ want_items.T)
+    torch.testing.assert_close(model.full_sort_predict([batch[0][:5], None]), u[:5] @ want_items.T)  # MMRec's list
+
+
+@pytest.mark.parametrize("backend", kernel_backends("cpu"))
+def test_same_loss_and_gradients_on_every_backend(dataset, backend):
+    batch = next(BPRSampler(dataset.train, dataset.num_users, dataset.num_items, 256, seed=2).epoch(0))
+    grads, losses = {}, {}
+    for name in ("reference", backend):
+        torch.manual_seed(1)
+        model = LightGCN.from_dataset(dataset, backend=name)
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        losses[name], grads[name] = loss.detach(), model.embedding.grad
+    torch.testing.assert_close(losses[backend], losses["reference"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-7)
+
+
+def test_bad_graph():
+    graph = Graph.bipartite([0, 1], [0, 1], 2, 2)
+    with pytest.raises(ValueError, match=r"graph must be a \(5, 5\) Graph"):
+        LightGCN(3, 2, graph)
+    with pytest.raises(ValueError, match="unknown model 'ngcf'; available: lightgcn"):
+        build("ngcf", None)
+
+
+def test_short_training_beats_popularity():
+    dataset = synthetic("small", num_users=1000, num_items=500, num_interactions=12_000, feature_dims={}, seed=0)
+    popularity = evaluate(Popularity.from_dataset(dataset), dataset, "test", ks=(20,), metrics=("recall", "ndcg"))
+    seed_everything(0)
+    config = TrainConfig(epochs=12, lr=1e-2, batch_size=1024, ks=(20,), metrics=("recall", "ndcg"), eval_every=4,
+                         progress=False, verbose=False)  # fmt: skip
+    record = Trainer(LightGCN.from_dataset(dataset), dataset, config).fit()
+    assert record["epochs"][-1]["loss"] < 0.5 * record["epochs"][0]["loss"]
+    # measured: recall@20 0.40 vs 0.22 for popularity (seed 0)
+    assert record["test"]["recall@20"] > 1.4 * popularity["recall@20"], (record["test"], popularity)
+    assert record["test"]["ndcg@20"] > 1.4 * popularity["ndcg@20"], (record["test"], popularity)
