@@ -101,7 +101,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 line += f"   peak extra {memory:6.2f} x (n x d)"
             if bench not in ours:
                 ratios = ", ".join(
-                    f"{o.name.split('[', 1)[-1].split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"
+                    f"{o.name.split('[', 1)[-1].rstrip(']').split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"
                     for o in ours
                 )
                 line += f"   speedup of {ratios}" if ratios else ""
