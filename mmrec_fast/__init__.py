@@ -3,6 +3,7 @@
 Ops (each with ``backend="reference" | "native" | "triton" | None``):
 
 * :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
+* :func:`info_nce` / :class:`InfoNCE`: InfoNCE with in-batch negatives, fused, memory O(B d).
 * :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
 
 See README.md for the table of ops x backends x dtypes.
@@ -17,16 +18,18 @@ import torch
 from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
-from .ops import propagate, spmm, topk_scores
+from .ops import InfoNCE, info_nce, propagate, spmm, topk_scores
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Graph",
+    "InfoNCE",
     "available",
     "backends",
     "get_backend",
     "info",
+    "info_nce",
     "propagate",
     "set_backend",
     "spmm",
