@@ -44,6 +44,15 @@
 #include <limits>
 #include <vector>
 
+// No FMA contraction in this file: exp(s * x - m) must see the rounded s * x that m was taken from. Contracted,
+// the exponent of the row's largest logit becomes the product's rounding residual instead of 0, and at small
+// temperatures (logits ~1e3, ulp ~6e-5) the positive's probability, and with it the gradient, loses 4 digits.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace mmrec_fast {
 namespace {
 
@@ -433,6 +442,8 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
 }
 
 // Row L2 normalisation (F.normalize: x / max(|x|, eps)); returns the normalised rows and writes 1 / max(|x|, eps).
+// The norm is accumulated in double and the rows divided by it (one rounding per element): at small temperatures
+// the logits are s x . y with s up to 1e3, so the normalised rows' rounding is the largest error left.
 template <typename T>
 at::Tensor normalize_rows(const at::Tensor& a, T* inv_norm) {
   const int64_t B = a.size(0), d = a.size(1);
@@ -441,11 +452,11 @@ at::Tensor normalize_rows(const at::Tensor& a, T* inv_norm) {
   T* dst = out.data_ptr<T>();
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      T ss = 0;
-      for (int64_t k = 0; k < d; ++k) ss += src[i * d + k] * src[i * d + k];
-      const T inv = T(1) / std::max(std::sqrt(ss), T(kNormEps));
-      inv_norm[i] = inv;
-      for (int64_t k = 0; k < d; ++k) dst[i * d + k] = src[i * d + k] * inv;
+      double ss = 0;
+      for (int64_t k = 0; k < d; ++k) ss += static_cast<double>(src[i * d + k]) * src[i * d + k];
+      const T norm = static_cast<T>(std::max(std::sqrt(ss), kNormEps));
+      inv_norm[i] = T(1) / norm;
+      for (int64_t k = 0; k < d; ++k) dst[i * d + k] = src[i * d + k] / norm;
     }
   });
   return out;

@@ -4,6 +4,8 @@ Operators (schemas in csrc/mmrec_fast.cpp for the native ones; the Triton ones a
 form), a, b: (B, d), temperature: 0-dim tensor in the accumulation dtype, on a's device:
 
     info_nce(a, b, temperature, normalize, symmetric, intra_view_negatives) -> (loss (B,), lse_a (B,), lse_b)
+        (all three in the accumulation dtype: float32 for float16 / bfloat16 inputs, so that a reduction and the
+        per-row weights its backward hands back stay in float32)
     info_nce_backward(grad_loss (B,), a, b, temperature, lse_a, lse_b, ...) -> (grad_a, grad_b, grad_temperature)
     info_nce_fused(a, b, temperature, ..., weights (B,)) -> (sum_i weights_i loss_i, grad_a, grad_b, grad_temperature)
 
@@ -67,7 +69,7 @@ def _info_nce_backward_triton(
 
 def _forward_fake(a, b, temperature, normalize, symmetric, intra_view_negatives):
     batch, acc = a.shape[0], accumulation_dtype(a.dtype)
-    return a.new_empty(batch), a.new_empty(batch, dtype=acc), a.new_empty(batch if symmetric else 0, dtype=acc)
+    return a.new_empty(batch, dtype=acc), a.new_empty(batch, dtype=acc), a.new_empty(batch if symmetric else 0, dtype=acc)
 
 
 def _backward_fake(grad_loss, a, b, temperature, lse_a, lse_b, normalize, symmetric, intra_view_negatives):
@@ -242,12 +244,12 @@ def info_nce(
         loss = torch.ops.mmrec_fast.info_nce_fused(a, b, t, normalize, symmetric, intra_view_negatives, weights)[0]
         return loss.to(a.dtype)
     op = torch.ops.mmrec_fast.info_nce if chosen == "native" else torch.ops.mmrec_fast.info_nce_triton
-    rows = op(a, b, t, normalize, symmetric, intra_view_negatives)[0]
+    rows = op(a, b, t, normalize, symmetric, intra_view_negatives)[0]  # in the accumulation dtype
     if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
+        rows = rows.mean()
+    elif reduction == "sum":
+        rows = rows.sum()
+    return rows.to(a.dtype)
 
 
 class InfoNCE(torch.nn.Module):
