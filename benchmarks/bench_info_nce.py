@@ -109,7 +109,8 @@ def test_forward_backward(benchmark, batch, d, impl):
     forward_backward(benchmark, select(impl), batch, d, group)
 
 
+@pytest.mark.parametrize("users", [MENTOR_USERS])
 @pytest.mark.parametrize("impl", IMPL_NAMES)
-def test_full_population_forward_backward(benchmark, impl):
-    group = f"info_nce forward+backward, MENTOR full population, U={MENTOR_USERS:,}, d=128, t={TEMPERATURE}, float32, {DEVICE}"
-    forward_backward(benchmark, select(impl), MENTOR_USERS, 128, group)
+def test_full_population_forward_backward(benchmark, impl, users):
+    group = f"info_nce forward+backward, MENTOR full population, U={users:,}, d=128, t={TEMPERATURE}, float32, {DEVICE}"
+    forward_backward(benchmark, select(impl), users, 128, group)

@@ -387,7 +387,7 @@ def test_native_operators_check_their_arguments():
 
 
 # -- torch.compile -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend,device", [p for p in PAIRS if not interpreted(*p)] or [pytest.param("native", "cpu", marks=pytest.mark.skip("native not built"))])
+@pytest.mark.parametrize("backend,device", PAIRS or [pytest.param("native", "cpu", marks=pytest.mark.skip("no kernel backend here"))])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_torch_compile(backend, device, reduction):
     a0, b0 = make_inputs(40, 8, seed=11)

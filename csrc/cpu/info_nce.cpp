@@ -40,6 +40,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -56,9 +57,9 @@
 namespace mmrec_fast {
 namespace {
 
-constexpr int64_t kRowBlock = 128;                  // rows of a block (the K of the dY GEMM)
+constexpr int64_t kRowBlock = 256;                  // rows of a block (the K of the dY GEMM)
 constexpr int64_t kTileBytes = 256 << 10;           // one (rows x chunk) tile: stays in L2
-constexpr int64_t kStripBytes = 16 << 20;           // a task's row strips in the fused one-way forward
+constexpr int64_t kStripBytes = 24 << 20;           // a task's row strips in the fused one-way forward
 constexpr int64_t kPartialBytes = 64 << 20;         // all groups' (B, d) partial gradient buffers together
 constexpr int64_t kMaxGroups = 16;
 constexpr double kNormEps = 1e-12;                  // F.normalize's default eps
@@ -155,20 +156,24 @@ inline void merge_lse(T& m, T& l, T m2, T l2) {
 }
 
 // Row i of a raw tile (values x_i . y_j): folds s * value into the row's running (max, sum), and leaves
-// exp(s * value - new max) in place (read by the fused forward; ignored by the statistics pass).
+// exp(s * value - new max) in place (read by the fused forward and the symmetric column sums). With a fixed shift
+// (bounded logits, see Problem::fixed_shift) the max is never taken: m stays at the bound.
 template <typename T>
-inline void row_update(T* row, int64_t n, T s, T& m, T& l) {
+inline void row_update(T* row, int64_t n, T s, T& m, T& l, bool fixed_shift) {
   using S = Simd<T>;
   using V = typename S::V;
   const V lanes = S::lane_index();
-  V vmax = V{} + T(kNegInf);
-  for (int64_t j = 0; j < n; j += S::kLanes) {
-    V v = load(row + j);
-    v = lanes < T(n - j) ? v : V{} + T(kNegInf);
-    vmax = v > vmax ? v : vmax;
+  T new_m = s;
+  if (!fixed_shift) {
+    V vmax = V{} + T(kNegInf);
+    for (int64_t j = 0; j < n; j += S::kLanes) {
+      V v = load(row + j);
+      v = lanes < T(n - j) ? v : V{} + T(kNegInf);
+      vmax = v > vmax ? v : vmax;
+    }
+    const T chunk_max = s * hmax<T>(vmax);  // s > 0
+    new_m = std::max(m, chunk_max);
   }
-  const T chunk_max = s * hmax<T>(vmax);  // s > 0
-  const T new_m = std::max(m, chunk_max);
   if (new_m == T(kNegInf)) return;  // every entry masked (the diagonal of a one-row intra tile)
   V vsum = V{};
   for (int64_t j = 0; j < n; j += S::kLanes) {
@@ -177,8 +182,20 @@ inline void row_update(T* row, int64_t n, T s, T& m, T& l) {
     store(row + j, e);
     vsum += e;
   }
-  l = (m == T(kNegInf) ? T(0) : l * std::exp(m - new_m)) + hsum<T>(vsum);
+  l = (m == T(kNegInf) || m == new_m ? l : l * std::exp(m - new_m)) + hsum<T>(vsum);
   m = new_m;
+}
+
+// Column sums of a tile of exp(s * value - s) values (the fixed-shift case: one exp serves rows and columns).
+template <typename T>
+inline void column_sums(const T* tile, int64_t ld, int64_t br, int64_t n, T* cl) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  for (int64_t j = 0; j < n; j += S::kLanes) {
+    V sum = load(cl + j);
+    for (int64_t r = 0; r < br; ++r) sum += load(tile + r * ld + j);
+    store(cl + j, sum);
+  }
 }
 
 // The columns of a raw tile (br rows of ld-strided values): folds them into per-column running (max, sum).
@@ -212,14 +229,18 @@ struct Problem {
   bool symmetric, intra;
   int64_t groups;
   int64_t chunk;  // columns of a tile
+  // Normalised rows bound every logit by s (the fixed-max trick, KERNEL_ANCHORS.md section 2): exponentiating
+  // with the constant shift s needs no running max, and a term is at least exp(-2 s), so this holds while exp(-2 s)
+  // stays a normal number (s <= 40 in float32, t >= 0.025; s <= 300 in float64). Zero rows give logit 0 <= s.
+  bool fixed_shift;
 };
 
 // Which logit matrix a tile belongs to.
 enum class Pair { AB, AA, BB };
 
 template <typename T>
-Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double temperature, bool symmetric, bool intra,
-                        int64_t num_partials) {
+Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double temperature, bool normalize, bool symmetric,
+                        bool intra, int64_t num_partials) {
   Problem<T> p;
   p.B = x.size(0);
   p.d = x.size(1);
@@ -228,6 +249,7 @@ Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double tempera
   p.s = static_cast<T>(1.0 / temperature);
   p.symmetric = symmetric;
   p.intra = intra;
+  p.fixed_shift = normalize && static_cast<double>(p.s) <= (sizeof(T) == 4 ? 40.0 : 300.0);
   const int64_t blocks = (p.B + kRowBlock - 1) / kRowBlock;
   const int64_t per_group = std::max<int64_t>(1, p.B * p.d * static_cast<int64_t>(sizeof(T)) * num_partials);
   p.groups = std::max<int64_t>(1, std::min({blocks, kMaxGroups, kPartialBytes / per_group}));
@@ -237,15 +259,21 @@ Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double tempera
   return p;
 }
 
-// Runs body(group, block_begin, block_end) for every row block, blocks dealt round-robin to the groups; the groups
-// run in parallel, the blocks of one group in order.
+// Runs body(group, block_begin, block_end) for every row block, blocks dealt round-robin to the groups; the blocks
+// of one group run in order on one thread, the groups are taken from a shared counter by whichever thread is free
+// (on a shared machine a descheduled thread does not hold the others up). What a group computes does not depend on
+// the thread that runs it, so results are the same for any thread count.
 template <typename F>
 void for_each_group(int64_t B, int64_t row_block, int64_t groups, F body) {
   const int64_t blocks = (B + row_block - 1) / row_block;
-  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    for (int64_t g = g_begin; g < g_end; ++g) {
-      for (int64_t blk = g; blk < blocks; blk += groups) {
-        body(g, blk * row_block, std::min(B, (blk + 1) * row_block));
+  std::atomic<int64_t> next_group{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), groups);
+  at::parallel_for(0, threads, 1, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      for (int64_t g = next_group++; g < groups; g = next_group++) {
+        for (int64_t blk = g; blk < blocks; blk += groups) {
+          body(g, blk * row_block, std::min(B, (blk + 1) * row_block));
+        }
       }
     }
   });
@@ -259,7 +287,7 @@ void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
   const int64_t cols = padded<T>(B);
   std::vector<T> col_m, col_l;  // (groups, cols): AB column statistics of each group
   if (p.symmetric) {
-    col_m.assign(p.groups * cols, T(kNegInf));
+    col_m.assign(p.groups * cols, p.fixed_shift ? p.s : T(kNegInf));
     col_l.assign(p.groups * cols, T(0));
   }
   for_each_group(B, kRowBlock, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
@@ -281,10 +309,13 @@ void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
         if (pair != Pair::AB) {  // the self term is not a negative
           for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
         }
-        if (pair == Pair::AB && p.symmetric) {
+        if (pair == Pair::AB && p.symmetric && !p.fixed_shift) {
           column_update(t, ld, br, bc, p.s, col_m.data() + g * cols + j0, col_l.data() + g * cols + j0);
         }
-        for (int64_t i = i0; i < i1; ++i) row_update(t + (i - i0) * ld, bc, p.s, m[i], l[i]);
+        for (int64_t i = i0; i < i1; ++i) row_update(t + (i - i0) * ld, bc, p.s, m[i], l[i], p.fixed_shift);
+        if (pair == Pair::AB && p.symmetric && p.fixed_shift) {  // the same exps, summed down the columns
+          column_sums(t, ld, br, bc, col_l.data() + g * cols + j0);
+        }
       }
     }
   });
@@ -407,12 +438,40 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
         const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
         compute_tile(pairs[k], j0, bc, strips[k], j0);
         for (int64_t r = 0; r < br; ++r) {
-          row_update(t + r * ld + j0, bc, p.s, m[r], l[r]);
+          row_update(t + r * ld + j0, bc, p.s, m[r], l[r], p.fixed_shift);
           shift[(k * chunks + c) * br + r] = m[r];
         }
       }
     }
     for (int64_t r = 0; r < br; ++r) lse_a[i0 + r] = m[r] + std::log(l[r]);
+    if (p.fixed_shift) {
+      // Every chunk used the shift s, so dL = alpha_i E_ij - coef_i [i == j] with alpha_i = coef_i exp(s - lse_i):
+      // the row scale folds into the GEMMs (dX_I = alpha (E Y) and dY += E^T (alpha X_I)) and the strip is read
+      // by them only, never rewritten.
+      at::Tensor alpha = at::empty({br, 1}, options);
+      T* alpha_p = alpha.data_ptr<T>();
+      for (int64_t r = 0; r < br; ++r) alpha_p[r] = w_a * g_rows[i0 + r] * std::exp(p.s - lse_a[i0 + r]);
+      const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * alpha;
+      for (int64_t k = 0; k < num_strips; ++k) {
+        const at::Tensor e = strips[k].narrow(1, 0, B);
+        dx_rows.addmm_(e, pairs[k] == Pair::AA ? p.x : p.y);
+        (pairs[k] == Pair::AA ? gx : gy).addmm_(e.t(), scaled_rows);
+      }
+      dx_rows.mul_(alpha);
+      const T* x = p.x.template data_ptr<T>();
+      const T* y = p.y.template data_ptr<T>();
+      T* dxr = dx_rows.data_ptr<T>();
+      T* gyp = gy.data_ptr<T>();
+      for (int64_t r = 0; r < br; ++r) {  // the positives, dL_ii = -coef_i
+        const int64_t i = i0 + r;
+        const T coef = w_a * g_rows[i];
+        for (int64_t k = 0; k < d; ++k) {
+          dxr[r * d + k] -= coef * y[i * d + k];
+          gyp[i * d + k] -= coef * x[i * d + k];
+        }
+      }
+      return;
+    }
     std::vector<T> factor(br);
     for (int64_t k = 0; k < num_strips; ++k) {
       T* t = strips[k].data_ptr<T>();
@@ -571,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_cpu(const at::Tensor& a_
   at::Tensor lse_b = at::empty({symmetric ? B : 0}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_cpu", [&] {
     const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
-    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, symmetric, intra, 0);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, 0);
     statistics(p, lse_a.data_ptr<scalar_t>(), symmetric ? lse_b.data_ptr<scalar_t>() : nullptr);
     row_losses(p, lse_a.data_ptr<scalar_t>(), symmetric ? lse_b.data_ptr<scalar_t>() : nullptr,
                loss.data_ptr<scalar_t>());
@@ -595,7 +654,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward_cpu(
   at::Tensor grad_t = at::empty({}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_backward_cpu", [&] {
     const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
-    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, symmetric, intra, intra ? 2 : 1);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, intra ? 2 : 1);
     gradient(p, g.data_ptr<scalar_t>(), const_cast<scalar_t*>(la.data_ptr<scalar_t>()),
              symmetric ? lb.data_ptr<scalar_t>() : nullptr, /*lse_known=*/true, grad_a.data_ptr<scalar_t>(),
              grad_b.data_ptr<scalar_t>());
@@ -622,7 +681,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
   at::Tensor grad_t = at::empty({}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_fused_cpu", [&] {
     const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
-    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, symmetric, intra, intra ? 2 : 1);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, intra ? 2 : 1);
     scalar_t* la = lse_a.data_ptr<scalar_t>();
     scalar_t* lb = symmetric ? lse_b.data_ptr<scalar_t>() : nullptr;
     if (symmetric) statistics(p, la, lb);
