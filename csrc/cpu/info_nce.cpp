@@ -21,18 +21,27 @@
 //    order: results are bitwise identical run to run and for any number of threads.
 //  * Gradient in the forward (info_nce_fused), used for reductions "mean"/"sum" when the inputs need a gradient
 //    (upstream weights uniform, so the gradient is known up to the scalar grad_output): for the one-way loss a
-//    task keeps its whole row strip of exp(logit - running max) (kRowBlock x B per matrix, from a budget), so the
-//    row log-sum-exp is final when the strip is done and the gradient GEMMs follow without recomputing the tile.
+//    task keeps its whole row strip of exp(logit - shift) (kRowBlock x B per matrix, from a budget), so the row
+//    log-sum-exp is final when the strip is done and the gradient GEMMs follow without recomputing the tile.
 //    That is 3 GEMMs and 1 exp per logit for forward + backward, against 4 GEMMs and 2 exps for a forward that
-//    saves log-sum-exps and a backward that recomputes. Measured on the 2-core AVX2 machine (shared, noisy),
-//    forward + backward, SLMRec form: see benchmarks/bench_info_nce.py ("fused" = this, "reduction=none" = the
-//    recomputing backward); the fused path was faster at every size measured, and it is what meets the MENTOR
-//    full-population target. Symmetric losses need the column log-sum-exps before any gradient, so they run the
-//    statistics pass and then the gradient pass (no strip).
+//    saves log-sum-exps and a backward that recomputes (used for reduction "none", whose per-row upstream is
+//    unknown in the forward). Chosen on measurements, fwd + bwd, SLMRec form, float32, on the shared 2-core
+//    machine (heavily loaded by other jobs: absolute times are 2-4x a quiet machine's). The two paths interleaved
+//    in one process (medians; min in brackets), d = 64: B = 1024: fused 43 ms [26], recompute 130 ms [38];
+//    B = 2048: 182 [133] vs 215 [168]; B = 8192: 1.88 s [1.80] vs 2.36 s [2.19]. benchmarks/bench_info_nce.py
+//    (medians): B = 2048: 215 ms vs 328 ms; B = 8192: 2.04 s vs 2.45 s (d = 128: 3.26 s vs 4.05 s); MENTOR
+//    (B = 19,445, d = 128): 9.1 s vs 17.5 s. perf puts ~85% of the fused path's time in MKL's sgemm (kernel +
+//    packing): the GEMM count is what matters. Symmetric losses need the column log-sum-exps before any
+//    gradient, so they run the statistics pass, then the gradient pass (no strip).
+//  * Fixed shift (the fixed-max trick, KERNEL_ANCHORS.md section 2): normalised rows bound every logit by s, so
+//    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max. The fused
+//    forward then folds the per-row factor exp(s - lse_i) into the gradient GEMMs (the strip is never
+//    rewritten), and a symmetric statistics pass sums the same exps down the columns (one exp per logit for both
+//    directions). Raw logits and smaller t use the running max (per row; per column and group for symmetric).
 //  * The temperature gradient needs no extra pass: the loss depends on (s, x, y) through s q(x, y) with q of
 //    degree 2, so sum_i x_i . dx_i + y_i . dy_i = 2 s dloss/ds, i.e. dloss/dt = -(that sum) / (2 t).
-//  * No fixed-max trick here (KERNEL_ANCHORS.md section 2): on this CPU the exp is a few percent of a tile's
-//    GEMM, and the running max costs one max pass over a tile that is already in L2; the Triton kernels use it.
+//  * Row blocks are taken by whichever thread is free (groups from a shared counter): on a shared machine a
+//    descheduled thread does not hold the others up; a group's results do not depend on the thread running it.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
