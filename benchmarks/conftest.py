@@ -99,6 +99,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             memory = bench.extra_info.get("peak_extra_nd")
             if memory is not None:
                 line += f"   peak extra {memory:6.2f} x (n x d)"
+            memory_mb = bench.extra_info.get("peak_extra_mb")
+            if memory_mb is not None:
+                line += f"   peak extra {memory_mb:8.1f} MB"
             if bench not in ours:
                 ratios = ", ".join(
                     f"{o.name.split('[', 1)[-1].rstrip(']').split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"

@@ -16,6 +16,22 @@ TORCH_LIBRARY(mmrec_fast, m) {
   m.def(
       "propagate(Tensor x, Tensor rowptr, Tensor col, Tensor? values, Tensor? left, Tensor? right, "
       "Tensor? t_rowptr, Tensor? t_col, Tensor? t_values, float[] weights) -> Tensor");
+
+  // InfoNCE with in-batch negatives (ops/info_nce.py): a, b: (B, d) float32/float64, row i of each a positive
+  //   pair; temperature: 0-dim (one value > 0). info_nce -> (loss (B,), lse_a (B,), lse_b (B,) or (0,)): per-row
+  //   losses and the log-sum-exps of the a->b (and, symmetric, b->a) denominators.
+  //   info_nce_backward(grad_loss (B,), ...) -> (grad_a (B, d), grad_b (B, d), grad_temperature 0-dim).
+  //   info_nce_fused(..., weights (B,)) -> (sum_i weights_i loss_i 0-dim, grad_a, grad_b, grad_temperature): the
+  //   forward with the gradient of that weighted sum computed in the same pass.
+  m.def(
+      "info_nce(Tensor a, Tensor b, Tensor temperature, bool normalize, bool symmetric, "
+      "bool intra_view_negatives) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "info_nce_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor temperature, Tensor lse_a, Tensor lse_b, "
+      "bool normalize, bool symmetric, bool intra_view_negatives) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "info_nce_fused(Tensor a, Tensor b, Tensor temperature, bool normalize, bool symmetric, "
+      "bool intra_view_negatives, Tensor weights) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // A Python module named after the extension (mmrec_fast._C when built by setup.py, another name when JIT-built),

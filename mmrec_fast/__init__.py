@@ -3,6 +3,7 @@
 Ops (each with ``backend="reference" | "native" | "triton" | None``):
 
 * :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
+* :func:`info_nce` / :class:`InfoNCE`: InfoNCE with in-batch negatives, fused, memory O(B d).
 * :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
 
 Models and training: :mod:`mmrec_fast.data` (MMRec / MMSSL loaders, synthetic data, BPR sampler),
@@ -21,7 +22,7 @@ import torch
 from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
-from .ops import propagate, spmm, topk_scores
+from .ops import InfoNCE, info_nce, propagate, spmm, topk_scores
 from . import data, evaluate, models  # noqa: E402  (after the ops they use)
 from .train import TrainConfig, Trainer  # noqa: E402
 
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Graph",
+    "InfoNCE",
     "TrainConfig",
     "Trainer",
     "available",
@@ -37,6 +39,7 @@ __all__ = [
     "evaluate",
     "get_backend",
     "info",
+    "info_nce",
     "models",
     "propagate",
     "set_backend",

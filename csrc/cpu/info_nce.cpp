@@ -1,0 +1,721 @@
+// Fused InfoNCE with in-batch negatives on the CPU (float32, float64): forward, backward, and forward with the
+// gradient, in memory O(B d) (no B x B buffer).
+//
+// Logits are s x_i . y_j with s = 1 / temperature and x, y the rows of a, b (L2-normalised in a prologue when
+// asked, as F.normalize does: x / max(|x|, 1e-12)). Three logit matrices can take part, each cut into row blocks
+// of kRowBlock rows (a block is owned by one task) and column chunks:
+//   AB = s X Y^T: the a->b denominators (rows) and, when symmetric, the b->a denominators (columns);
+//   AA = s X X^T without its diagonal (intra-view negatives, GRACE/MMSSL): more a->b denominator terms;
+//   BB = s Y Y^T without its diagonal (intra-view negatives, symmetric): more b->a denominator terms.
+// What it fuses and what it follows:
+//  * Tiles, Inf-CL style (Wang et al., "Breaking the Memory Barrier", arXiv 2410.17243): each tile is a dense
+//    GEMM (at::mm_out -> MKL on a (rows x chunk) view) followed, while it is in L2, by a vectorised exp and the
+//    online log-sum-exp update (running max per row, Milakov & Gimelshein "Online normalizer calculation for
+//    softmax"); the forward keeps only the per-row (and, symmetric, per-column) max and sum.
+//  * Backward from the saved log-sum-exps: each tile is recomputed, P = exp(logit - lse) and the logit gradient
+//    dL = g (P - I) are formed in place, then two GEMMs on the same in-cache tile: dX_I += dL Y_J (rows owned by
+//    the task) and dY_J += dL^T X_I. The second one crosses row blocks: instead of atomics or a second,
+//    column-parallel recomputing pass (Inf-CL's dk kernel: one more GEMM and exp per tile), each of a fixed
+//    number G of task groups accumulates it into its own (B, d) partial buffer, summed in group order at the end.
+//    G comes from a memory budget and the shapes only, never from the thread count, and every sum runs in a fixed
+//    order: results are bitwise identical run to run and for any number of threads.
+//  * Gradient in the forward (info_nce_fused), used for reductions "mean"/"sum" when the inputs need a gradient
+//    (upstream weights uniform, so the gradient is known up to the scalar grad_output): for the one-way loss a
+//    task keeps its whole row strip of exp(logit - shift) (kRowBlock x B per matrix, from a budget), so the row
+//    log-sum-exp is final when the strip is done and the gradient GEMMs follow without recomputing the tile.
+//    That is 3 GEMMs and 1 exp per logit for forward + backward, against 4 GEMMs and 2 exps for a forward that
+//    saves log-sum-exps and a backward that recomputes (used for reduction "none", whose per-row upstream is
+//    unknown in the forward). Chosen on measurements, fwd + bwd, SLMRec form, float32, on the shared 2-core
+//    machine (heavily loaded by other jobs: absolute times are 2-4x a quiet machine's). The two paths interleaved
+//    in one process (medians; min in brackets), d = 64: B = 1024: fused 43 ms [26], recompute 130 ms [38];
+//    B = 2048: 182 [133] vs 215 [168]; B = 8192: 1.88 s [1.80] vs 2.36 s [2.19]. benchmarks/bench_info_nce.py
+//    (medians): B = 2048: 215 ms vs 328 ms; B = 8192: 2.04 s vs 2.45 s (d = 128: 3.26 s vs 4.05 s); MENTOR
+//    (B = 19,445, d = 128): 9.1 s vs 17.5 s. perf puts ~85% of the fused path's time in MKL's sgemm (kernel +
+//    packing): the GEMM count is what matters. Symmetric losses need the column log-sum-exps before any
+//    gradient, so they run the statistics pass, then the gradient pass (no strip).
+//  * Fixed shift (the fixed-max trick, KERNEL_ANCHORS.md section 2): normalised rows bound every logit by s, so
+//    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max. The fused
+//    forward then folds the per-row factor exp(s - lse_i) into the gradient GEMMs (the strip is never
+//    rewritten), and a symmetric statistics pass sums the same exps down the columns (one exp per logit for both
+//    directions). Raw logits and smaller t use the running max (per row; per column and group for symmetric).
+//  * The temperature gradient needs no extra pass: the loss depends on (s, x, y) through s q(x, y) with q of
+//    degree 2, so sum_i x_i . dx_i + y_i . dy_i = 2 s dloss/ds, i.e. dloss/dt = -(that sum) / (2 t).
+//  * Row blocks are taken by whichever thread is free (groups from a shared counter): on a shared machine a
+//    descheduled thread does not hold the others up; a group's results do not depend on the thread running it.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+// No FMA contraction in this file: exp(s * x - m) must see the rounded s * x that m was taken from. Contracted,
+// the exponent of the row's largest logit becomes the product's rounding residual instead of 0, and at small
+// temperatures (logits ~1e3, ulp ~6e-5) the positive's probability, and with it the gradient, loses 4 digits.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace mmrec_fast {
+namespace {
+
+constexpr int64_t kRowBlock = 256;                  // rows of a block (the K of the dY GEMM)
+constexpr int64_t kTileBytes = 256 << 10;           // one (rows x chunk) tile: stays in L2
+constexpr int64_t kStripBytes = 24 << 20;           // a task's row strips in the fused one-way forward
+constexpr int64_t kPartialBytes = 64 << 20;         // all groups' (B, d) partial gradient buffers together
+constexpr int64_t kMaxGroups = 16;
+constexpr double kNormEps = 1e-12;                  // F.normalize's default eps
+
+// ---- 256-bit vectors (GCC/Clang vector extensions; lowered to AVX2 with -march=x86-64-v3, to SSE pairs otherwise)
+typedef float Float8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double Double4 __attribute__((vector_size(32), aligned(8), may_alias));
+typedef int32_t Int8 __attribute__((vector_size(32)));
+typedef int64_t Long4 __attribute__((vector_size(32)));
+
+template <typename T> struct Simd;
+
+template <> struct Simd<float> {
+  using V = Float8;
+  using Mask = Int8;
+  static constexpr int kLanes = 8;
+  static V lane_index() { return V{0, 1, 2, 3, 4, 5, 6, 7}; }
+  // exp(x), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 polynomial, 2^n through the
+  // exponent bits (n by the 1.5 * 2^23 rounding trick). About 1 ulp; exactly 0 below ln(FLT_MIN) (and for -inf).
+  static V exp(V x) {
+    const V hi = V{} + 88.3762626647949f, lo = V{} + -87.3365447505531f;
+    const Mask underflow = x < lo;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    const V magic = V{} + 12582912.0f;  // 1.5 * 2^23
+    const V t = x * 1.44269504088896341f + magic;
+    const V n = t - magic;
+    const Int8 ni = (Int8)t - (Int8)magic;
+    V r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V p = V{} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    const V scale = (V)((ni + 127) << 23);
+    const V result = p * scale;
+    return underflow ? V{} : result;
+  }
+};
+
+template <> struct Simd<double> {
+  using V = Double4;
+  using Mask = Long4;
+  static constexpr int kLanes = 4;
+  static V lane_index() { return V{0, 1, 2, 3}; }
+  static V exp(V x) {
+    V out;
+    for (int k = 0; k < 4; ++k) out[k] = std::exp(x[k]);
+    return out;
+  }
+};
+
+template <typename T>
+inline typename Simd<T>::V load(const T* p) {
+  return *reinterpret_cast<const typename Simd<T>::V*>(p);
+}
+template <typename T>
+inline void store(T* p, typename Simd<T>::V v) {
+  *reinterpret_cast<typename Simd<T>::V*>(p) = v;
+}
+template <typename T>
+inline T hsum(typename Simd<T>::V v) {  // fixed order: deterministic
+  T s = 0;
+  for (int k = 0; k < Simd<T>::kLanes; ++k) s += v[k];
+  return s;
+}
+template <typename T>
+inline T hmax(typename Simd<T>::V v) {
+  T m = v[0];
+  for (int k = 1; k < Simd<T>::kLanes; ++k) m = std::max(m, v[k]);
+  return m;
+}
+
+// Buffers hold rows padded to whole vectors (ld a multiple of the lane count); lanes past n are computed on the
+// padding and masked out of every sum and max.
+template <typename T>
+inline int64_t padded(int64_t n) {
+  return (n + Simd<T>::kLanes - 1) / Simd<T>::kLanes * Simd<T>::kLanes;
+}
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// (max, sum) of an online log-sum-exp: the represented value is max + log(sum).
+template <typename T>
+inline void merge_lse(T& m, T& l, T m2, T l2) {
+  if (m2 == T(kNegInf)) return;
+  if (m == T(kNegInf)) { m = m2; l = l2; return; }
+  const T mn = std::max(m, m2);
+  l = l * std::exp(m - mn) + l2 * std::exp(m2 - mn);
+  m = mn;
+}
+
+// Row i of a raw tile (values x_i . y_j): folds s * value into the row's running (max, sum), and leaves
+// exp(s * value - new max) in place (read by the fused forward and the symmetric column sums). With a fixed shift
+// (bounded logits, see Problem::fixed_shift) the max is never taken: m stays at the bound.
+template <typename T>
+inline void row_update(T* row, int64_t n, T s, T& m, T& l, bool fixed_shift) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  const V lanes = S::lane_index();
+  T new_m = s;
+  if (!fixed_shift) {
+    V vmax = V{} + T(kNegInf);
+    for (int64_t j = 0; j < n; j += S::kLanes) {
+      V v = load(row + j);
+      v = lanes < T(n - j) ? v : V{} + T(kNegInf);
+      vmax = v > vmax ? v : vmax;
+    }
+    const T chunk_max = s * hmax<T>(vmax);  // s > 0
+    new_m = std::max(m, chunk_max);
+  }
+  if (new_m == T(kNegInf)) return;  // every entry masked (the diagonal of a one-row intra tile)
+  V vsum = V{};
+  for (int64_t j = 0; j < n; j += S::kLanes) {
+    V e = S::exp(load(row + j) * s - new_m);
+    e = lanes < T(n - j) ? e : V{};
+    store(row + j, e);
+    vsum += e;
+  }
+  l = (m == T(kNegInf) || m == new_m ? l : l * std::exp(m - new_m)) + hsum<T>(vsum);
+  m = new_m;
+}
+
+// Column sums of a tile of exp(s * value - s) values (the fixed-shift case: one exp serves rows and columns).
+template <typename T>
+inline void column_sums(const T* tile, int64_t ld, int64_t br, int64_t n, T* cl) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  for (int64_t j = 0; j < n; j += S::kLanes) {
+    V sum = load(cl + j);
+    for (int64_t r = 0; r < br; ++r) sum += load(tile + r * ld + j);
+    store(cl + j, sum);
+  }
+}
+
+// The columns of a raw tile (br rows of ld-strided values): folds them into per-column running (max, sum).
+template <typename T>
+inline void column_update(const T* tile, int64_t ld, int64_t br, int64_t n, T s, T* cm, T* cl) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  for (int64_t j = 0; j < n; j += S::kLanes) {
+    V vmax = V{} + T(kNegInf);
+    for (int64_t r = 0; r < br; ++r) {
+      const V v = load(tile + r * ld + j);
+      vmax = v > vmax ? v : vmax;
+    }
+    const V old_m = load(cm + j);
+    V new_m = vmax * s;
+    new_m = old_m > new_m ? old_m : new_m;
+    const V finite = new_m > T(kNegInf) ? V{} + T(1) : V{};
+    const V safe_m = finite > T(0) ? new_m : V{};
+    V sum = load(cl + j) * S::exp(old_m - safe_m);
+    for (int64_t r = 0; r < br; ++r) sum += S::exp(load(tile + r * ld + j) * s - safe_m);
+    store(cm + j, new_m);
+    store(cl + j, finite > T(0) ? sum : V{});
+  }
+}
+
+template <typename T>
+struct Problem {
+  int64_t B, d;
+  at::Tensor x, y;  // (B, d) contiguous: rows of a and b, normalised when asked
+  T s;              // 1 / temperature
+  bool symmetric, intra;
+  int64_t groups;
+  int64_t chunk;  // columns of a tile
+  // Normalised rows bound every logit by s (the fixed-max trick, KERNEL_ANCHORS.md section 2): exponentiating
+  // with the constant shift s needs no running max, and a term is at least exp(-2 s), so this holds while exp(-2 s)
+  // stays a normal number (s <= 40 in float32, t >= 0.025; s <= 300 in float64). Zero rows give logit 0 <= s.
+  bool fixed_shift;
+};
+
+// Which logit matrix a tile belongs to.
+enum class Pair { AB, AA, BB };
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double temperature, bool normalize, bool symmetric,
+                        bool intra, int64_t num_partials) {
+  Problem<T> p;
+  p.B = x.size(0);
+  p.d = x.size(1);
+  p.x = x;
+  p.y = y;
+  p.s = static_cast<T>(1.0 / temperature);
+  p.symmetric = symmetric;
+  p.intra = intra;
+  p.fixed_shift = normalize && static_cast<double>(p.s) <= (sizeof(T) == 4 ? 40.0 : 300.0);
+  const int64_t blocks = (p.B + kRowBlock - 1) / kRowBlock;
+  const int64_t per_group = std::max<int64_t>(1, p.B * p.d * static_cast<int64_t>(sizeof(T)) * num_partials);
+  p.groups = std::max<int64_t>(1, std::min({blocks, kMaxGroups, kPartialBytes / per_group}));
+  // A multiple of the lane count: vector passes over a chunk of a strip never spill into the next chunk.
+  p.chunk = std::max<int64_t>(1, kTileBytes / (kRowBlock * static_cast<int64_t>(sizeof(T))) / Simd<T>::kLanes) *
+            Simd<T>::kLanes;
+  return p;
+}
+
+// Runs body(group, block_begin, block_end) for every row block, blocks dealt round-robin to the groups; the blocks
+// of one group run in order on one thread, the groups are taken from a shared counter by whichever thread is free
+// (on a shared machine a descheduled thread does not hold the others up). What a group computes does not depend on
+// the thread that runs it, so results are the same for any thread count.
+template <typename F>
+void for_each_group(int64_t B, int64_t row_block, int64_t groups, F body) {
+  const int64_t blocks = (B + row_block - 1) / row_block;
+  std::atomic<int64_t> next_group{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), groups);
+  at::parallel_for(0, threads, 1, [&](int64_t t_begin, int64_t t_end) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      for (int64_t g = next_group++; g < groups; g = next_group++) {
+        for (int64_t blk = g; blk < blocks; blk += groups) {
+          body(g, blk * row_block, std::min(B, (blk + 1) * row_block));
+        }
+      }
+    }
+  });
+}
+
+// ---- statistics pass: per-row log-sum-exp of side a (AB rows + AA) and, symmetric, of side b (AB columns + BB).
+template <typename T>
+void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
+  const int64_t B = p.B, chunk = p.chunk, ld = padded<T>(chunk);
+  std::vector<T> row_m(2 * B, T(kNegInf)), row_l(2 * B, T(0));  // [side a | side b] row statistics
+  const int64_t cols = padded<T>(B);
+  std::vector<T> col_m, col_l;  // (groups, cols): AB column statistics of each group
+  if (p.symmetric) {
+    col_m.assign(p.groups * cols, p.fixed_shift ? p.s : T(kNegInf));
+    col_l.assign(p.groups * cols, T(0));
+  }
+  for_each_group(B, kRowBlock, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
+    const int64_t br = i1 - i0;
+    at::Tensor tile = at::empty({br, ld}, p.x.options());
+    T* t = tile.data_ptr<T>();
+    std::vector<Pair> pairs{Pair::AB};
+    if (p.intra) pairs.push_back(Pair::AA);
+    if (p.intra && p.symmetric) pairs.push_back(Pair::BB);
+    for (Pair pair : pairs) {
+      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
+      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
+      T* m = row_m.data() + (pair == Pair::BB ? B : 0);
+      T* l = row_l.data() + (pair == Pair::BB ? B : 0);
+      for (int64_t j0 = 0; j0 < B; j0 += chunk) {
+        const int64_t bc = std::min(chunk, B - j0);
+        at::Tensor out = tile.narrow(1, 0, bc);
+        at::mm_out(out, rows.narrow(0, i0, br), others.narrow(0, j0, bc).t());
+        if (pair != Pair::AB) {  // the self term is not a negative
+          for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
+        }
+        if (pair == Pair::AB && p.symmetric && !p.fixed_shift) {
+          column_update(t, ld, br, bc, p.s, col_m.data() + g * cols + j0, col_l.data() + g * cols + j0);
+        }
+        for (int64_t i = i0; i < i1; ++i) row_update(t + (i - i0) * ld, bc, p.s, m[i], l[i], p.fixed_shift);
+        if (pair == Pair::AB && p.symmetric && p.fixed_shift) {  // the same exps, summed down the columns
+          column_sums(t, ld, br, bc, col_l.data() + g * cols + j0);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, B, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      lse_a[i] = row_m[i] + std::log(row_l[i]);
+      if (p.symmetric) {
+        T m = row_m[B + i], l = row_l[B + i];
+        for (int64_t g = 0; g < p.groups; ++g) merge_lse(m, l, col_m[g * cols + i], col_l[g * cols + i]);
+        lse_b[i] = m + std::log(l);
+      }
+    }
+  });
+}
+
+// ---- gradient pass: dX, dY of sum_i g_i loss_i with respect to the (normalised) rows, times 1/s (the caller
+// scales). With lse_known the log-sum-exps are inputs and each tile is recomputed; without (one-way only) the
+// task keeps its row strips and writes lse_a itself.
+template <typename T>
+void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bool lse_known, T* dX, T* dY) {
+  const int64_t B = p.B, d = p.d;
+  const T w_a = p.symmetric ? T(0.5) : T(1), w_b = p.symmetric ? T(0.5) : T(0);
+  std::vector<Pair> pairs{Pair::AB};
+  if (p.intra) pairs.push_back(Pair::AA);
+  if (p.intra && p.symmetric) pairs.push_back(Pair::BB);
+  const int64_t num_strips = static_cast<int64_t>(pairs.size());
+  // Row block and window (columns held before the gradient GEMMs): a chunk, or the whole strip.
+  int64_t row_block = kRowBlock, window = p.chunk;
+  if (!lse_known) {
+    TORCH_CHECK(!p.symmetric, "info_nce (native CPU): a symmetric loss needs its log-sum-exps first");
+    const int64_t fit = kStripBytes / (padded<T>(B) * static_cast<int64_t>(sizeof(T)) * num_strips);
+    row_block = std::clamp<int64_t>(fit / 16 * 16, 16, kRowBlock);
+    window = B;
+  }
+  const int64_t ld = padded<T>(window);
+  const at::TensorOptions options = p.x.options();
+  at::Tensor partial_x = p.intra ? at::zeros({p.groups, B, d}, options) : at::Tensor();
+  at::Tensor partial_y = at::zeros({p.groups, B, d}, options);
+  at::Tensor row_x = at::from_blob(dX, {B, d}, options);  // row-owned parts, written block by block
+  at::Tensor row_y = at::from_blob(dY, {B, d}, options);
+  row_x.zero_();
+  row_y.zero_();
+  const int64_t cols = padded<T>(B) + Simd<T>::kLanes;
+  std::vector<T> gb_cols(cols, T(0)), lse_b_cols(cols, T(0));  // per-column vectors, padded for vector loads
+  if (p.symmetric) {
+    for (int64_t j = 0; j < B; ++j) { gb_cols[j] = w_b * g_rows[j]; lse_b_cols[j] = lse_b[j]; }
+  }
+
+  for_each_group(B, row_block, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    const int64_t br = i1 - i0;
+    std::vector<at::Tensor> strips;
+    for (int64_t k = 0; k < (lse_known ? 1 : num_strips); ++k) strips.push_back(at::empty({br, ld}, options));
+    at::Tensor dx_rows = row_x.narrow(0, i0, br), dy_rows = row_y.narrow(0, i0, br);
+    at::Tensor gx = partial_x.defined() ? partial_x[g] : at::Tensor(), gy = partial_y[g];
+    const V lanes = S::lane_index();
+
+    // Raw tile of `pair` for columns [j0, j0 + bc) into buf (ld-strided); intra diagonals set to -inf.
+    auto compute_tile = [&](Pair pair, int64_t j0, int64_t bc, at::Tensor& buf, int64_t col0) {
+      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
+      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
+      at::Tensor out = buf.narrow(1, col0, bc);
+      at::mm_out(out, rows.narrow(0, i0, br), others.narrow(0, j0, bc).t());
+      if (pair != Pair::AB) {
+        T* t = buf.data_ptr<T>() + col0;
+        for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
+      }
+    };
+    // Gradient GEMMs of a dL tile (columns [j0, j0 + bc) of buf, starting at buffer column col0).
+    auto accumulate = [&](Pair pair, int64_t j0, int64_t bc, at::Tensor& buf, int64_t col0) {
+      const at::Tensor dl = buf.narrow(1, col0, bc);
+      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
+      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
+      at::Tensor& row_grad = pair == Pair::BB ? dy_rows : dx_rows;
+      at::Tensor& col_grad = pair == Pair::AA ? gx : gy;
+      row_grad.addmm_(dl, others.narrow(0, j0, bc));
+      at::Tensor col_slice = col_grad.narrow(0, j0, bc);
+      col_slice.addmm_(dl.t(), rows.narrow(0, i0, br));
+    };
+    // dL in place, from the raw tile (lse known) or from the strip's exp(s x.y - shift) values times factor_i.
+    auto form_dl = [&](Pair pair, int64_t j0, int64_t bc, T* t, const T* factor) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* row = t + (i - i0) * ld;
+        const T gi = g_rows[i];
+        const T coef_row = (pair == Pair::BB ? w_b : w_a) * gi;
+        const T shift = pair == Pair::BB ? lse_b[i] : lse_a[i];
+        const V vfactor = V{} + (factor ? factor[i - i0] * coef_row : coef_row);
+        for (int64_t j = 0; j < bc; j += S::kLanes) {
+          const V v = load(row + j);
+          V out = factor ? v * vfactor : S::exp(v * p.s - shift) * vfactor;
+          if (pair == Pair::AB && p.symmetric) {  // the b->a direction: column statistics
+            out += S::exp(v * p.s - load(lse_b_cols.data() + j0 + j)) * load(gb_cols.data() + j0 + j);
+          }
+          store(row + j, lanes < T(bc - j) ? out : V{});
+        }
+        if (pair == Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] -= (w_a + w_b) * gi;  // the positive
+        if (pair != Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] = T(0);
+      }
+    };
+
+    if (lse_known) {
+      for (Pair pair : pairs) {
+        for (int64_t j0 = 0; j0 < B; j0 += window) {
+          const int64_t bc = std::min(window, B - j0);
+          compute_tile(pair, j0, bc, strips[0], 0);
+          form_dl(pair, j0, bc, strips[0].data_ptr<T>(), nullptr);
+          accumulate(pair, j0, bc, strips[0], 0);
+        }
+      }
+      return;
+    }
+    // Fused one-way forward: whole strips, chunk by chunk, with each row's running (max, sum) and the shift each
+    // chunk was exponentiated with.
+    const int64_t chunks = (B + p.chunk - 1) / p.chunk;
+    std::vector<T> m(br, T(kNegInf)), l(br, T(0)), shift(br * chunks * num_strips);
+    for (int64_t k = 0; k < num_strips; ++k) {
+      T* t = strips[k].data_ptr<T>();
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+        compute_tile(pairs[k], j0, bc, strips[k], j0);
+        for (int64_t r = 0; r < br; ++r) {
+          row_update(t + r * ld + j0, bc, p.s, m[r], l[r], p.fixed_shift);
+          shift[(k * chunks + c) * br + r] = m[r];
+        }
+      }
+    }
+    for (int64_t r = 0; r < br; ++r) lse_a[i0 + r] = m[r] + std::log(l[r]);
+    if (p.fixed_shift) {
+      // Every chunk used the shift s, so dL = alpha_i E_ij - coef_i [i == j] with alpha_i = coef_i exp(s - lse_i):
+      // the row scale folds into the GEMMs (dX_I = alpha (E Y) and dY += E^T (alpha X_I)) and the strip is read
+      // by them only, never rewritten.
+      at::Tensor alpha = at::empty({br, 1}, options);
+      T* alpha_p = alpha.data_ptr<T>();
+      for (int64_t r = 0; r < br; ++r) alpha_p[r] = w_a * g_rows[i0 + r] * std::exp(p.s - lse_a[i0 + r]);
+      const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * alpha;
+      for (int64_t k = 0; k < num_strips; ++k) {
+        const at::Tensor e = strips[k].narrow(1, 0, B);
+        dx_rows.addmm_(e, pairs[k] == Pair::AA ? p.x : p.y);
+        (pairs[k] == Pair::AA ? gx : gy).addmm_(e.t(), scaled_rows);
+      }
+      dx_rows.mul_(alpha);
+      const T* x = p.x.template data_ptr<T>();
+      const T* y = p.y.template data_ptr<T>();
+      T* dxr = dx_rows.data_ptr<T>();
+      T* gyp = gy.data_ptr<T>();
+      for (int64_t r = 0; r < br; ++r) {  // the positives, dL_ii = -coef_i
+        const int64_t i = i0 + r;
+        const T coef = w_a * g_rows[i];
+        for (int64_t k = 0; k < d; ++k) {
+          dxr[r * d + k] -= coef * y[i * d + k];
+          gyp[i * d + k] -= coef * x[i * d + k];
+        }
+      }
+      return;
+    }
+    std::vector<T> factor(br);
+    for (int64_t k = 0; k < num_strips; ++k) {
+      T* t = strips[k].data_ptr<T>();
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+        for (int64_t r = 0; r < br; ++r) {
+          const T sh = shift[(k * chunks + c) * br + r];
+          factor[r] = sh == T(kNegInf) ? T(0) : std::exp(sh - lse_a[i0 + r]);
+        }
+        form_dl(pairs[k], j0, bc, t + j0, factor.data());
+      }
+      accumulate(pairs[k], 0, B, strips[k], 0);
+    }
+  });
+
+  // Epilogue: row-owned parts plus the groups' partial sums, in group order.
+  at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t g = 0; g < p.groups; ++g) {
+      const T* py = partial_y.data_ptr<T>() + g * B * d;
+      const T* px = p.intra ? partial_x.data_ptr<T>() + g * B * d : nullptr;
+      for (int64_t e = begin * d; e < end * d; ++e) {
+        dY[e] += py[e];
+        if (px) dX[e] += px[e];
+      }
+    }
+  });
+}
+
+// Row L2 normalisation (F.normalize: x / max(|x|, eps)); returns the normalised rows and writes 1 / max(|x|, eps).
+// The norm is accumulated in double and the rows divided by it (one rounding per element): at small temperatures
+// the logits are s x . y with s up to 1e3, so the normalised rows' rounding is the largest error left.
+template <typename T>
+at::Tensor normalize_rows(const at::Tensor& a, T* inv_norm) {
+  const int64_t B = a.size(0), d = a.size(1);
+  at::Tensor out = at::empty_like(a);
+  const T* src = a.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      double ss = 0;
+      for (int64_t k = 0; k < d; ++k) ss += static_cast<double>(src[i * d + k]) * src[i * d + k];
+      const T norm = static_cast<T>(std::max(std::sqrt(ss), kNormEps));
+      inv_norm[i] = T(1) / norm;
+      for (int64_t k = 0; k < d; ++k) dst[i * d + k] = src[i * d + k] / norm;
+    }
+  });
+  return out;
+}
+
+// Backward of normalize_rows, in place on grad (rows): g <- (g - x (x . g)) * inv when |x| > eps, else g * inv.
+template <typename T>
+void normalize_backward(const T* x, const T* inv_norm, T* grad, int64_t B, int64_t d) {
+  at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T inv = inv_norm[i];
+      if (inv < T(1.0 / kNormEps)) {
+        T dot = 0;
+        for (int64_t k = 0; k < d; ++k) dot += x[i * d + k] * grad[i * d + k];
+        for (int64_t k = 0; k < d; ++k) grad[i * d + k] = (grad[i * d + k] - x[i * d + k] * dot) * inv;
+      } else {
+        for (int64_t k = 0; k < d; ++k) grad[i * d + k] *= inv;
+      }
+    }
+  });
+}
+
+void check_inputs(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& temperature) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), op, " (native CPU): a and b must be CPU tensors");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.sizes() == b.sizes(), op,
+              " (native CPU): a and b must both be (B, d), got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.size(0) > 0, op, " (native CPU): B must be > 0");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
+              op, " (native CPU): a and b must both be float32 or float64, got ", a.scalar_type(), " and ",
+              b.scalar_type());
+  TORCH_CHECK(temperature.numel() == 1, op, " (native CPU): temperature must hold one value");
+  const double t = temperature.item<double>();
+  TORCH_CHECK(t > 0 && std::isfinite(t), op, " (native CPU): temperature must be positive and finite, got ", t);
+}
+
+// Shared state of a call: the rows the logits are made of, and the inverse norms when normalising.
+struct Rows {
+  at::Tensor x, y, inv_a, inv_b;
+};
+
+template <typename T>
+Rows prepare_rows(const at::Tensor& a, const at::Tensor& b, bool normalize) {
+  Rows r;
+  if (normalize) {
+    r.inv_a = at::empty({a.size(0)}, a.options());
+    r.inv_b = at::empty({b.size(0)}, b.options());
+    r.x = normalize_rows<T>(a, r.inv_a.data_ptr<T>());
+    r.y = normalize_rows<T>(b, r.inv_b.data_ptr<T>());
+  } else {
+    r.x = a;
+    r.y = b;
+  }
+  return r;
+}
+
+// loss_i from the log-sum-exps and the positive logits s x_i . y_i.
+template <typename T>
+void row_losses(const Problem<T>& p, const T* lse_a, const T* lse_b, T* loss) {
+  const T* x = p.x.template data_ptr<T>();
+  const T* y = p.y.template data_ptr<T>();
+  const int64_t d = p.d;
+  at::parallel_for(0, p.B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T dot = 0;
+      for (int64_t k = 0; k < d; ++k) dot += x[i * d + k] * y[i * d + k];
+      const T positive = p.s * dot;
+      loss[i] = p.symmetric ? T(0.5) * ((lse_a[i] - positive) + (lse_b[i] - positive)) : lse_a[i] - positive;
+    }
+  });
+}
+
+// Scales the gradient by s, takes the temperature gradient, and applies the normalisation backward.
+template <typename T>
+void finish_gradient(const Problem<T>& p, const Rows& rows, bool normalize, double temperature, at::Tensor& grad_a,
+                     at::Tensor& grad_b, at::Tensor& grad_t) {
+  const int64_t B = p.B, d = p.d;
+  grad_a.mul_(p.s);
+  grad_b.mul_(p.s);
+  std::vector<T> dots(B);
+  const T* x = p.x.template data_ptr<T>();
+  const T* y = p.y.template data_ptr<T>();
+  const T* ga = grad_a.data_ptr<T>();
+  const T* gb = grad_b.data_ptr<T>();
+  at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T dot = 0;
+      for (int64_t k = 0; k < d; ++k) dot += x[i * d + k] * ga[i * d + k] + y[i * d + k] * gb[i * d + k];
+      dots[i] = dot;
+    }
+  });
+  T total = 0;
+  for (int64_t i = 0; i < B; ++i) total += dots[i];
+  grad_t.fill_(-total / (T(2) * static_cast<T>(temperature)));
+  if (normalize) {
+    normalize_backward(x, rows.inv_a.data_ptr<T>(), grad_a.data_ptr<T>(), B, d);
+    normalize_backward(y, rows.inv_b.data_ptr<T>(), grad_b.data_ptr<T>(), B, d);
+  }
+}
+
+// info_nce: per-row losses and the log-sum-exps the backward needs.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                            const at::Tensor& temperature, bool normalize,
+                                                            bool symmetric, bool intra) {
+  check_inputs("info_nce", a_in, b_in, temperature);
+  // Detached: the tile GEMMs below are out= calls, which refuse inputs that require grad (the forward of a custom
+  // op still sees its inputs' requires_grad, and the worker threads run with grad mode on).
+  const at::Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
+  const double t = temperature.item<double>();
+  const int64_t B = a.size(0);
+  at::Tensor loss = at::empty({B}, a.options());
+  at::Tensor lse_a = at::empty({B}, a.options());
+  at::Tensor lse_b = at::empty({symmetric ? B : 0}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_cpu", [&] {
+    const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, 0);
+    statistics(p, lse_a.data_ptr<scalar_t>(), symmetric ? lse_b.data_ptr<scalar_t>() : nullptr);
+    row_losses(p, lse_a.data_ptr<scalar_t>(), symmetric ? lse_b.data_ptr<scalar_t>() : nullptr,
+               loss.data_ptr<scalar_t>());
+  });
+  return {loss, lse_a, lse_b};
+}
+
+// info_nce_backward: gradients of sum_i grad_loss_i loss_i from the saved log-sum-exps (tiles recomputed).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& temperature,
+    const at::Tensor& lse_a, const at::Tensor& lse_b, bool normalize, bool symmetric, bool intra) {
+  check_inputs("info_nce_backward", a_in, b_in, temperature);
+  const at::Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
+  const int64_t B = a.size(0);
+  TORCH_CHECK(grad_loss.numel() == B && lse_a.numel() == B && lse_b.numel() == (symmetric ? B : 0),
+              "info_nce_backward (native CPU): grad_loss, lse_a must hold B values and lse_b B (symmetric) or 0");
+  const at::Tensor g = grad_loss.to(a.scalar_type()).contiguous();
+  const at::Tensor la = lse_a.to(a.scalar_type()).contiguous(), lb = lse_b.to(a.scalar_type()).contiguous();
+  const double t = temperature.item<double>();
+  at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(b);
+  at::Tensor grad_t = at::empty({}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_backward_cpu", [&] {
+    const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, intra ? 2 : 1);
+    gradient(p, g.data_ptr<scalar_t>(), const_cast<scalar_t*>(la.data_ptr<scalar_t>()),
+             symmetric ? lb.data_ptr<scalar_t>() : nullptr, /*lse_known=*/true, grad_a.data_ptr<scalar_t>(),
+             grad_b.data_ptr<scalar_t>());
+    finish_gradient(p, rows, normalize, t, grad_a, grad_b, grad_t);
+  });
+  return {grad_a, grad_b, grad_t.to(temperature.scalar_type())};
+}
+
+// info_nce_fused: the forward and, in the same call, the gradients of sum_i weights_i loss_i (weights uniform
+// for "mean"/"sum": the autograd formula multiplies them by grad_output). Returns the weighted sum as the loss.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
+    const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& temperature, bool normalize, bool symmetric,
+    bool intra, const at::Tensor& weights) {
+  check_inputs("info_nce_fused", a_in, b_in, temperature);
+  const at::Tensor a = a_in.detach().contiguous(), b = b_in.detach().contiguous();
+  const int64_t B = a.size(0);
+  TORCH_CHECK(weights.numel() == B, "info_nce_fused (native CPU): weights must hold B values");
+  const at::Tensor w = weights.to(a.scalar_type()).contiguous();
+  const double t = temperature.item<double>();
+  at::Tensor loss_rows = at::empty({B}, a.options());
+  at::Tensor lse_a = at::empty({B}, a.options());
+  at::Tensor lse_b = at::empty({symmetric ? B : 0}, a.options());
+  at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(b);
+  at::Tensor grad_t = at::empty({}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_fused_cpu", [&] {
+    const Rows rows = prepare_rows<scalar_t>(a, b, normalize);
+    const Problem<scalar_t> p = make_problem<scalar_t>(rows.x, rows.y, t, normalize, symmetric, intra, intra ? 2 : 1);
+    scalar_t* la = lse_a.data_ptr<scalar_t>();
+    scalar_t* lb = symmetric ? lse_b.data_ptr<scalar_t>() : nullptr;
+    if (symmetric) statistics(p, la, lb);
+    gradient(p, w.data_ptr<scalar_t>(), la, lb, /*lse_known=*/symmetric, grad_a.data_ptr<scalar_t>(),
+             grad_b.data_ptr<scalar_t>());
+    row_losses(p, la, lb, loss_rows.data_ptr<scalar_t>());
+    finish_gradient(p, rows, normalize, t, grad_a, grad_b, grad_t);
+  });
+  at::Tensor loss = at::empty({}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "info_nce_fused_sum", [&] {
+    const scalar_t* rows = loss_rows.data_ptr<scalar_t>();
+    const scalar_t* wt = w.data_ptr<scalar_t>();
+    scalar_t total = 0;
+    for (int64_t i = 0; i < B; ++i) total += wt[i] * rows[i];  // in order: deterministic for any thread count
+    loss.fill_(total);
+  });
+  return {loss, grad_a, grad_b, grad_t.to(temperature.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) {
+  m.impl("info_nce", &info_nce_cpu);
+  m.impl("info_nce_backward", &info_nce_backward_cpu);
+  m.impl("info_nce_fused", &info_nce_fused_cpu);
+}
+
+}  // namespace mmrec_fast

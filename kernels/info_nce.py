@@ -1,0 +1,226 @@
+"""Triton kernels of InfoNCE with in-batch negatives: flash-style tiles, memory O(B d), no atomics.
+
+Same math as the native kernels (csrc/cpu/info_nce.cpp). Rows are L2-normalised (when asked) by torch in the
+prologue; s = 1 / t is read from a device pointer (no host sync). What the kernels fuse and what they follow
+(Inf-CL, Wang et al., arXiv 2410.17243; FlashAttention-2's online softmax):
+
+* ``_row_lse_kernel``: each program owns BLOCK_M rows of X and walks the rows of Y (and, with intra-view
+  negatives, of X itself, the diagonal masked) BLOCK_N at a time: logits = s X_I Y_J^T with ``tl.dot`` (fp32
+  accumulation; exact fp32 products, not TF32, for fp32 inputs), then the online log-sum-exp update. Only the
+  per-row lse is written. The b->a (column) log-sum-exps of a symmetric loss are the same kernel launched with X
+  and Y swapped: one more GEMM per tile instead of atomics or partial column buffers.
+* ``_grad_rows_kernel``: the gradient with respect to the rows of X, row-parallel: each program recomputes its
+  row tiles, forms dL = w_x g_i (exp(L - lse_x_i) - I) + w_y g_j (exp(L - lse_y_j) - I) in registers and
+  accumulates dX_I += dL Y_J; with intra-view negatives dM = w_x (g_i exp(M - lse_x_i) + g_j exp(M - lse_x_j))
+  (the diagonal zero) adds dX_I += dM X_J. dA is this kernel on (a, b); dB is the same kernel on (b, a) with the
+  roles of the sides swapped (the column-parallel pass of Inf-CL): no atomics, deterministic. X_SIDE / Y_SIDE
+  leave out a side whose weight is 0 (the b side of a one-way loss). The same pass sums dL_ij L_ij per row, in
+  fp32 before dL is rounded for the second ``tl.dot``: the temperature gradient (sum dL L / (-2 t) over both
+  launches) without a cancellation through low-precision rows.
+* Not used: the fixed-max trick (running max initialised at the bound 1/t of normalised logits). Its payoff is
+  one exp serving both the row and the column sums in one pass; here the column sums come from the swapped
+  launch, so it would only skip the per-tile max.
+
+Inputs fp16 / bf16 / fp32 / fp64; fp32 accumulation (fp64 for fp64).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRETED
+
+NORM_EPS = 1e-12  # F.normalize's default
+
+
+@triton.jit
+def _row_lse_kernel(
+    x_ptr, y_ptr, s_ptr, lse_ptr, batch, d,
+    INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < batch
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < d
+    x = tl.load(x_ptr + rows[:, None] * d + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    s = tl.load(s_ptr).to(ACC)
+    m = tl.full([BLOCK_M], float("-inf"), ACC)
+    l = tl.zeros([BLOCK_M], ACC)
+    for pass_index in range(2 if INTRA else 1):
+        other_ptr = y_ptr if pass_index == 0 else x_ptr
+        for j0 in range(0, batch, BLOCK_N):
+            cols = j0 + tl.arange(0, BLOCK_N)
+            col_mask = cols < batch
+            other = tl.load(other_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
+            if UPCAST:
+                other = other.to(tl.float32)
+            logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
+            valid = row_mask[:, None] & col_mask[None, :]
+            if pass_index == 1:  # the self term is not a negative
+                valid = valid & (rows[:, None] != cols[None, :])
+            logits = tl.where(valid, logits, float("-inf"))
+            m_new = tl.maximum(m, tl.max(logits, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(logits - m_safe[:, None]), axis=1)
+            m = m_new
+    tl.store(lse_ptr + rows, m + tl.log(l), mask=row_mask)
+
+
+@triton.jit
+def _grad_rows_kernel(
+    x_ptr, y_ptr, s_ptr, g_ptr, lse_x_ptr, lse_y_ptr, dx_ptr, dlogit_logit_ptr, weight_x, weight_y, batch, d,
+    X_SIDE: tl.constexpr, Y_SIDE: tl.constexpr, INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < batch
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < d
+    x = tl.load(x_ptr + rows[:, None] * d + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    s = tl.load(s_ptr).to(ACC)
+    g_rows = tl.load(g_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    lse_rows = tl.load(lse_x_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    dlogit_logit = tl.zeros([BLOCK_M], ACC)  # sum_j dL_ij L_ij: the temperature gradient, before any rounding
+    # X against Y: the X-side denominators (rows) and, when Y_SIDE, the Y-side ones (columns).
+    for j0 in range(0, batch, BLOCK_N):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < batch
+        y = tl.load(y_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
+        if UPCAST:
+            y = y.to(tl.float32)
+        logits = tl.dot(x, tl.trans(y), out_dtype=ACC, input_precision=DOT_PRECISION) * s
+        diagonal = rows[:, None] == cols[None, :]
+        dl = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+        if X_SIDE:
+            dl += weight_x * g_rows[:, None] * (tl.exp(logits - lse_rows[:, None]) - tl.where(diagonal, 1.0, 0.0))
+        if Y_SIDE:
+            g_cols = tl.load(g_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            lse_cols = tl.load(lse_y_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            dl += weight_y * g_cols[None, :] * (tl.exp(logits - lse_cols[None, :]) - tl.where(diagonal, 1.0, 0.0))
+        dl = tl.where(row_mask[:, None] & col_mask[None, :], dl, 0.0)
+        dlogit_logit += tl.sum(dl * logits, axis=1)
+        acc += tl.dot(dl.to(y.dtype), y, out_dtype=ACC, input_precision=DOT_PRECISION)
+    # X against X (intra-view negatives): both halves of the symmetric matrix's gradient land on row i.
+    if INTRA:
+        for j0 in range(0, batch, BLOCK_N):
+            cols = j0 + tl.arange(0, BLOCK_N)
+            col_mask = cols < batch
+            other = tl.load(x_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
+            if UPCAST:
+                other = other.to(tl.float32)
+            logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
+            g_cols = tl.load(g_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            lse_cols = tl.load(lse_x_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+            dm = weight_x * (
+                g_rows[:, None] * tl.exp(logits - lse_rows[:, None]) + g_cols[None, :] * tl.exp(logits - lse_cols[None, :])
+            )
+            valid = row_mask[:, None] & col_mask[None, :] & (rows[:, None] != cols[None, :])
+            dm = tl.where(valid, dm, 0.0)
+            dlogit_logit += tl.sum(dm * logits, axis=1)
+            acc += tl.dot(dm.to(other.dtype), other, out_dtype=ACC, input_precision=DOT_PRECISION)
+    acc = acc * s
+    tl.store(dx_ptr + rows[:, None] * d + dims[None, :], acc, mask=row_mask[:, None] & dim_mask[None, :])
+    tl.store(dlogit_logit_ptr + rows, dlogit_logit, mask=row_mask)
+
+
+def _config(x: torch.Tensor) -> dict:
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    # Exact products for fp32 (TF32 would break fp32 parity); fp16/bf16 use the tensor cores natively.
+    precision = "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+    # Triton 3.9's interpreter computes tl.dot on bfloat16 operands wrongly (values ~1e10): there, bf16 tiles are
+    # upcast to fp32 after loading (the products of bf16 values are exact in fp32, so the results agree).
+    upcast = INTERPRETED and x.dtype == torch.bfloat16
+    if upcast:
+        precision = "ieee"
+    block_d = max(16, triton.next_power_of_2(x.shape[1]))
+    # The interpreter's cost is per program, not per element: it runs the same kernels on larger blocks.
+    block = 64 if INTERPRETED else (64 if block_d <= 64 else 32)
+    return dict(ACC=acc, DOT_PRECISION=precision, UPCAST=upcast, BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
+
+
+def _normalized(a: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows for the logits, in a's dtype (computed in the accumulation dtype), and 1 / max(|a_i|, eps)."""
+    if not normalize:
+        return a.contiguous(), None
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    a_acc = a.to(acc)
+    norm = a_acc.norm(dim=1).clamp_min(NORM_EPS)
+    return (a_acc / norm[:, None]).to(a.dtype).contiguous(), 1.0 / norm
+
+
+def _row_lse(x, y, s, intra):
+    batch, d = x.shape
+    cfg = _config(x)
+    lse = torch.empty(batch, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+    _row_lse_kernel[(triton.cdiv(batch, cfg["BLOCK_M"]),)](x, y, s, lse, batch, d, INTRA=intra, **cfg)
+    return lse
+
+
+def forward(a, b, temperature, normalize, symmetric, intra):
+    """(loss (B,), lse_a (B,), lse_b (B,) or (0,)), all in the accumulation dtype."""
+    x, _ = _normalized(a, normalize)
+    y, _ = _normalized(b, normalize)
+    s = (1.0 / temperature).to(torch.float64 if a.dtype == torch.float64 else torch.float32).reshape(1)
+    lse_a = _row_lse(x, y, s, intra)
+    positive = s * (x.to(lse_a.dtype) * y.to(lse_a.dtype)).sum(dim=1)
+    if symmetric:
+        lse_b = _row_lse(y, x, s, intra)
+        loss = 0.5 * ((lse_a - positive) + (lse_b - positive))
+    else:
+        lse_b = lse_a.new_empty(0)
+        loss = lse_a - positive
+    return loss, lse_a, lse_b
+
+
+def _grad_rows(x, y, s, g, lse_x, lse_y, weight_x, weight_y, intra):
+    batch, d = x.shape
+    cfg = _config(x)
+    dx = torch.empty(batch, d, dtype=lse_x.dtype, device=x.device)
+    dlogit_logit = torch.empty(batch, dtype=lse_x.dtype, device=x.device)
+    _grad_rows_kernel[(triton.cdiv(batch, cfg["BLOCK_M"]),)](
+        x, y, s, g, lse_x, lse_y, dx, dlogit_logit, float(weight_x), float(weight_y), batch, d,
+        X_SIDE=weight_x != 0, Y_SIDE=weight_y != 0, INTRA=intra, **cfg
+    )
+    return dx, dlogit_logit
+
+
+def backward(grad_loss, a, b, temperature, lse_a, lse_b, normalize, symmetric, intra):
+    """(grad_a, grad_b, grad_temperature) of sum_i grad_loss_i loss_i."""
+    x, inv_a = _normalized(a, normalize)
+    y, inv_b = _normalized(b, normalize)
+    acc = lse_a.dtype
+    s = (1.0 / temperature).to(acc).reshape(1)
+    g = grad_loss.to(acc).contiguous()
+    w_a, w_b = (0.5, 0.5) if symmetric else (1.0, 0.0)
+    lse_b_or_a = lse_b if symmetric else lse_a  # never read in the one-way case (weight 0, no Y side)
+    # dX: rows of a against b (columns: the b->a side when symmetric) and, intra, against a.
+    dx, tx = _grad_rows(x, y, s, g, lse_a, lse_b_or_a, w_a, w_b, intra)
+    # dY: the same kernel with the sides swapped; in the one-way case the b side has no denominators of its own.
+    if symmetric:
+        dy, ty = _grad_rows(y, x, s, g, lse_b, lse_a, w_b, w_a, intra)
+    else:
+        dy, ty = _grad_rows(y, x, s, g, lse_a, lse_a, 0.0, w_a, False)
+    x_acc, y_acc = x.to(acc), y.to(acc)
+    # dloss/ds = sum over every logit of dL L / s; the two launches see each logit's full gradient once each
+    # (intra: both halves of M on each row), so their per-row sums add up to twice that sum.
+    grad_t = -(tx.sum() + ty.sum()) / (2 * temperature.to(acc))
+    if normalize:
+        dx = _normalize_backward(x_acc, inv_a, dx)
+        dy = _normalize_backward(y_acc, inv_b, dy)
+    return dx.to(a.dtype), dy.to(b.dtype), grad_t.to(temperature.dtype)
+
+
+def _normalize_backward(x, inv_norm, grad):
+    """Backward of x = a / max(|a|, eps): (g - x (x . g)) / |a| where |a| > eps, g / eps elsewhere."""
+    projected = grad - x * (x * grad).sum(dim=1, keepdim=True)
+    clamped = (inv_norm >= 1.0 / NORM_EPS)[:, None]
+    return torch.where(clamped, grad, projected) * inv_norm[:, None]
