@@ -147,7 +147,8 @@ def _resolve(op_name: str, device_type: str, dtype: torch.dtype, backend: str | 
     if preference is None:
         raise BackendUnavailable(f"{op.name}: no backend for {device_type} tensors")
     reasons = []
-    for candidate in preference:
+    # Backends the op does not implement on this device are not fallbacks: they are left out silently.
+    for candidate in (b for b in preference if (b, device_type) in op.dtypes):
         reason = _unavailable_reason(op, candidate, device_type, dtype)
         if reason is None:
             if reasons:
