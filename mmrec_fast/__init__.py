@@ -4,6 +4,7 @@ Ops (each with ``backend="reference" | "native" | "triton" | None``):
 
 * :func:`propagate` / :func:`spmm`: sparse normalised graph propagation over a :class:`Graph`.
 * :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
+* :func:`knn` / :func:`knn_graph`: exact cosine kNN and the kNN semantic item graph (FREEDOM/MENTOR/LATTICE).
 
 See README.md for the table of ops x backends x dtypes.
 """
@@ -17,7 +18,7 @@ import torch
 from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
-from .ops import propagate, spmm, topk_scores
+from .ops import knn, knn_graph, propagate, spmm, topk_scores
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __all__ = [
     "backends",
     "get_backend",
     "info",
+    "knn",
+    "knn_graph",
     "propagate",
     "set_backend",
     "spmm",
