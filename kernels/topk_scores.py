@@ -134,8 +134,8 @@ def topk_scores(
         return values, indices
     k_pad = max(2, triton.next_power_of_2(k))
     # The interpreter's cost is per program and per loop step, not per element: it runs larger blocks.
-    block_m, block_n = (64, 128) if INTERPRETED else (32, 64)
-    block_d = min(max(triton.next_power_of_2(d), 16), 64)
+    block_m, block_n, max_block_d = (64, 128, 512) if INTERPRETED else (32, 64, 64)
+    block_d = min(max(triton.next_power_of_2(d), 16), max_block_d)
     has_exclude = exclude_rowptr is not None
     grid = (triton.cdiv(num_queries, block_m),)
     _topk_scores_kernel[grid](
