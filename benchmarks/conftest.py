@@ -99,6 +99,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             memory = bench.extra_info.get("peak_extra_nd")
             if memory is not None:
                 line += f"   peak extra {memory:6.2f} x (n x d)"
+            rss = bench.extra_info.get("peak_rss_mb")
+            if rss is not None:
+                line += f"   peak extra RSS {rss:8.1f} MB"
             if bench not in ours:
                 ratios = ", ".join(
                     f"{o.name.split('[', 1)[-1].split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"

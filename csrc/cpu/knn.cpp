@@ -3,7 +3,7 @@
 //
 // What it fuses and what it follows:
 //  * Tile-and-select (tile_topk.h, shared with topk_scores): packed register-blocked GEMM tiles, each scanned at
-//    once into per-row running top-k heaps; only one (T x T) score tile per thread exists at a time.
+//    once into the per-row running top-k; only one (T x T) score tile per thread exists at a time.
 //  * Symmetry (KERNEL_ANCHORS.md section 3; FAISS, RAFT/cuVS and torch mm + topk all compute the full N^2):
 //    s(i, j) = s(j, i) bitwise (one FMA chain per score, tile_topk.h), so only the block pairs I <= J are
 //    computed. An off-diagonal tile offers each score to its row and to its column, a diagonal tile to its rows:
@@ -12,7 +12,7 @@
 //    "parallel ordering" of Brent & Luk, "The solution of singular-value and symmetric eigenvalue problems on
 //    multiprocessor arrays", SIAM J. Sci. Stat. Comput. 1985). Each round pairs the blocks disjointly (a block
 //    left without partner does its diagonal tile), so the tiles of one round touch disjoint rows and the threads
-//    update the shared heaps without locks, atomics or per-thread copies; a round ends at the parallel_for
+//    update the shared top-k rows without locks, atomics or per-thread copies; a round ends at the parallel_for
 //    barrier. The block count is chosen so that a round's tiles split evenly over the threads.
 //  * Tile edge T from the score-tile budget (tile_bytes per thread, default 256 KiB: T = 256 for float32, so the
 //    tile and the streamed A panels share a 512 KiB L2); memory is O(N k + N d) whatever N.
@@ -85,7 +85,7 @@ void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, 
   const auto [blocks, edge] = choose_blocks(n, tile_edge<T>(tile_bytes), threads);
   const at::Tensor packed_storage = pack_rows(x, n, d);
   const T* packed = packed_storage.data_ptr<T>();
-  RowHeaps<T> heaps(n, k);
+  RowTopK<T> top(n, k);
   at::Tensor tiles = at::empty({threads, edge * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
 
   auto run_task = [&](int64_t I, int64_t J, T* C) {
@@ -99,9 +99,9 @@ void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, 
     if (I == J) {
       if (exclude_self)
         for (int64_t r = 0; r < rows; ++r) C[r * edge + r] = -std::numeric_limits<T>::infinity();
-      select_tile<T, false>(C, edge, rows, cols, row0, col0, heaps);
+      select_tile<T, false>(C, edge, rows, cols, row0, col0, top);
     } else {
-      select_tile<T, true>(C, edge, rows, cols, row0, col0, heaps);
+      select_tile<T, true>(C, edge, rows, cols, row0, col0, top);
     }
   };
 
@@ -111,7 +111,7 @@ void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, 
       for (int64_t t = begin; t < end; ++t) run_task(tasks[t].first, tasks[t].second, C);
     });
   }
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) { heaps.finish(begin, end, out_values, out_index); });
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) { top.finish(begin, end, out_values, out_index); });
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool exclude_self, int64_t tile_bytes) {

@@ -5,11 +5,11 @@
 //  * Tile-and-select (tile_topk.h, shared with knn): the scores of a (query block x key tile) come from the packed
 //    register-blocked GEMM into a per-thread tile; the excluded pairs of the tile are set to -inf in place (the
 //    MMRec evaluator's `scores[mask] = -1e10`, fused: no candidate at all instead of a very low one); the tile is
-//    then scanned into the per-row running top-k heaps. Score + mask + top-k in one pass over a cache-resident
+//    then scanned into the per-row running top-k. Score + mask + top-k in one pass over a cache-resident
 //    tile, instead of torch's matmul -> masked write -> topk over a Q x K matrix in memory.
 //  * Exclusions: each row's excluded columns are sorted; a per-row cursor walks them as the key tiles advance,
 //    so the masking costs O(nnz + rows x tiles) in all.
-//  * Parallel over query blocks (a block's rows and heaps belong to one thread: no synchronisation); the block
+//  * Parallel over query blocks (a block's rows and their top-k belong to one thread: no synchronisation); the block
 //    height is the tile edge or less, so that every thread gets blocks when Q is small. Deterministic: every score
 //    is one FMA chain (tile_topk.h) and the selected set does not depend on arrival order.
 
@@ -46,7 +46,7 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
   const at::Tensor packed_k_storage = pack_rows(keys, num_keys, d);
   const T* packed_q = packed_q_storage.data_ptr<T>();
   const T* packed_k = packed_k_storage.data_ptr<T>();
-  RowHeaps<T> heaps(num_queries, k);
+  RowTopK<T> top(num_queries, k);
   at::Tensor tiles = at::empty({threads, block_rows * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
 
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -73,12 +73,12 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
             cursor[r] = e;
           }
         }
-        select_tile<T, false>(C, edge, rows, cols, row0, col0, heaps);
+        select_tile<T, false>(C, edge, rows, cols, row0, col0, top);
       }
     }
   });
   at::parallel_for(0, num_queries, 256, [&](int64_t begin, int64_t end) {
-    heaps.finish(begin, end, out_values, out_index);
+    top.finish(begin, end, out_values, out_index);
   });
 }
 

@@ -5,7 +5,7 @@ Backends of ``knn``:
 * reference (mmrec_fast/reference/knn.py): normalise, the full N x N cosine matrix, stable sort.
 * native (CPU, csrc/cpu/knn.cpp on the tile-and-select machinery of csrc/cpu/tile_topk.h shared with
   topk_scores): symmetric blocked GEMM (only the block pairs I <= J; each score feeds the top-k of both its row
-  and its column) with per-row running top-k heaps, lock-free round-robin schedule over the block pairs.
+  and its column) with per-row sorted running top-k, lock-free round-robin schedule over the block pairs.
 * triton (kernels/topk_scores.py, the kernel of topk_scores with queries = keys and the diagonal optionally left
   out): serves CUDA tensors (there is no native CUDA kernel for this op); it computes all N^2 scores.
 
@@ -56,7 +56,10 @@ def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
         raise ValueError(f"{op_name}: k must be an integer >= 0, got {k!r}")
     limit = n - 1 if exclude_self else n
     if k > limit:
-        what = f"the number of other rows (n - 1 = {n - 1}, exclude_self=True)" if exclude_self else f"the number of rows (n = {n})"
+        if exclude_self:
+            what = f"the number of other rows (n - 1 = {n - 1}, exclude_self=True)"
+        else:
+            what = f"the number of rows (n = {n})"
         raise ValueError(f"{op_name}: k={k} is larger than {what}")
     return int(k)
 
@@ -177,14 +180,17 @@ def knn_graph(
     n, device = modalities[0].shape[0], modalities[0].device
     for m, x in enumerate(modalities[1:], start=1):
         if x.shape[0] != n:
-            raise ValueError(f"{op_name}: features[{m}] has {x.shape[0]} rows but features[0] has {n}; modalities describe the same items")
+            raise ValueError(
+                f"{op_name}: features[{m}] has {x.shape[0]} rows but features[0] has {n} "
+                "(the modalities describe the same items)"
+            )
         if x.device != device:
             raise ValueError(f"{op_name}: features[{m}] is on {x.device} but features[0] is on {device}")
     if weights is None:
         weights = [1.0 / len(modalities)] * len(modalities)
     if isinstance(weights, torch.Tensor):
         if weights.requires_grad:
-            raise ValueError(f"{op_name}: weights that require grad are not supported (graphs are constants); pass floats")
+            raise ValueError(f"{op_name}: weights that require grad are not supported (graphs are constants)")
         weights = weights.tolist()
     weights = [float(w) for w in weights]
     if len(weights) != len(modalities):
