@@ -79,6 +79,7 @@ def faiss_flat_ip(x: torch.Tensor, k: int):
 
 
 def knn_implementation(name: str):
+    """The function (x (N, d), k) -> top-k of implementation `name`; skips when it cannot run here."""
     if name == "faiss IndexFlatIP":
         pytest.importorskip("faiss", reason="faiss-cpu is an optional benchmark dependency")
         if DEVICE != "cpu":
@@ -86,10 +87,23 @@ def knn_implementation(name: str):
         return faiss_flat_ip
     if name == "torch mm+topk (MMRec)":
         return torch_mm_topk
+    if name == "ablation: native kernel on all N^2 pairs (no symmetry)":
+        if "cpu" not in mmrec_fast.available()["native"] or DEVICE != "cpu":
+            pytest.skip("the ablation runs the native CPU kernels")
+        return native_without_symmetry
     backend = name.split()[-1]
     if DEVICE not in mmrec_fast.available()[backend] or (backend == "triton" and DEVICE == "cpu"):
         pytest.skip(f"{name} does not run on {DEVICE} here (the Triton interpreter is a correctness tool)")
     return lambda x, k: mmrec_fast.knn(x, k, backend=backend)
+
+
+def native_without_symmetry(x: torch.Tensor, k: int):
+    """The same tile-and-select kernel without the symmetric schedule: topk_scores of the normalised rows against
+    themselves (all N^2 scores computed). The difference to ``mmrec_fast native`` is the effect of symmetry."""
+    from mmrec_fast.reference.knn import normalize_rows
+
+    x_hat = normalize_rows(x).contiguous()
+    return torch.ops.mmrec_fast.topk_scores(x_hat, x_hat, k, None, None, 0)
 
 
 # -- topk_scores implementations -----------------------------------------------------------------------------------
@@ -175,7 +189,13 @@ def _peak_rss_main(op: str, case: str, impl: str) -> None:
 
 
 # -- benchmarks ----------------------------------------------------------------------------------------------------
-KNN_IMPLS = ["mmrec_fast native", "mmrec_fast triton", "torch mm+topk (MMRec)", "faiss IndexFlatIP"]
+KNN_IMPLS = [
+    "mmrec_fast native",
+    "mmrec_fast triton",
+    "ablation: native kernel on all N^2 pairs (no symmetry)",
+    "torch mm+topk (MMRec)",
+    "faiss IndexFlatIP",
+]
 TOPK_IMPLS = [
     "mmrec_fast native",
     "mmrec_fast triton",
