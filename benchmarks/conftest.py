@@ -102,6 +102,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             memory_mb = bench.extra_info.get("peak_extra_mb")
             if memory_mb is not None:
                 line += f"   peak extra {memory_mb:8.1f} MB"
+            rss = bench.extra_info.get("peak_rss_mb")
+            if rss is not None:
+                line += f"   peak extra RSS {rss:8.1f} MB"
             if bench not in ours:
                 ratios = ", ".join(
                     f"{o.name.split('[', 1)[-1].rstrip(']').split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"

@@ -32,6 +32,18 @@ TORCH_LIBRARY(mmrec_fast, m) {
   m.def(
       "info_nce_fused(Tensor a, Tensor b, Tensor temperature, bool normalize, bool symmetric, "
       "bool intra_view_negatives, Tensor weights) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Top-k of each row of x among the rows of x by inner product (x row-normalised: cosine kNN).
+  //   x: (n, d) float32 / float64; 0 <= k <= n (n - 1 with exclude_self, which leaves out j == i).
+  //   tile_bytes: the per-thread score-tile budget in bytes (0: the default).
+  //   Returns values (n, k) in x's dtype, descending, ties to the lower index, and indices (n, k) int64.
+  m.def("knn(Tensor x, int k, bool exclude_self, int tile_bytes) -> (Tensor, Tensor)");
+  // Top-k of each query row among the key rows by inner product, the pairs of the CSR (exclude_rowptr (Q + 1,)
+  // int64, exclude_col (nnz,) int32 sorted within each row) left out. queries (Q, d), keys (K, d) of one dtype
+  // (float32 / float64); 0 <= k <= K. Returns values (Q, k) in that dtype, descending, ties to the lower index,
+  // and indices (Q, k) int64; slots past a row's remaining candidates hold (-inf, -1).
+  m.def(
+      "topk_scores(Tensor queries, Tensor keys, int k, Tensor? exclude_rowptr, Tensor? exclude_col, "
+      "int tile_bytes) -> (Tensor, Tensor)");
 }
 
 // A Python module named after the extension (mmrec_fast._C when built by setup.py, another name when JIT-built),

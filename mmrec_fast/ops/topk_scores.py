@@ -1,7 +1,16 @@
 """topk_scores: fused score + mask-out-known-items + top-k for full-ranking evaluation.
 
-Dispatch and argument checks. Backends: reference (mmrec_fast/reference/topk_scores.py). Selection runs without
-autograd (evaluation); results are constants.
+Dispatch and argument checks. Backends:
+
+* reference (mmrec_fast/reference/topk_scores.py): the materialised Q x K specification.
+* native (CPU, csrc/cpu/topk_scores.cpp on the tile-and-select machinery of csrc/cpu/tile_topk.h): GEMM tiles,
+  excluded pairs masked in the tile, per-row sorted running top-k; one score tile per thread, never Q x K.
+* triton (kernels/topk_scores.py; the same kernel serves knn): tl.dot tiles, exclusion mask, running top-k in
+  registers. This is the backend that serves CUDA tensors (there is no native CUDA kernel for this op).
+
+The kernels compute scores in float32 (float64 for float64 inputs; the native kernel takes float64, the Triton
+kernel does not), from inputs upcast the way the reference upcasts them. Selection runs without autograd
+(evaluation); results are constants. Scores that are NaN (NaN or inf inputs) are unspecified.
 """
 
 from __future__ import annotations
@@ -11,17 +20,43 @@ from typing import Optional, Union
 
 import torch
 
-from .. import backends, reference
+from .. import _native, backends, reference
 from ..graph import Graph
+from ..reference.knn import accumulation_dtype
+from . import tile_topk
 
 SUPPORT = backends.OpSupport(
     "topk_scores",
     dtypes={
         ("reference", "cpu"): backends.FLOAT_DTYPES,
         ("reference", "cuda"): backends.FLOAT_DTYPES,
+        ("native", "cpu"): backends.FLOAT_DTYPES,  # float16 / bfloat16 are upcast to float32 first
+        ("triton", "cpu"): (torch.float16, torch.bfloat16, torch.float32),
+        ("triton", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
     },
-    preference={"cpu": ("reference",), "cuda": ("reference",)},
+    preference={"cpu": ("native", "reference"), "cuda": ("triton", "reference")},
 )
+
+
+def _register_native() -> None:
+    @torch.library.register_fake("mmrec_fast::topk_scores")
+    def _fake(queries, keys, k, exclude_rowptr, exclude_col, tile_bytes):
+        shape = (queries.shape[0], k)
+        return queries.new_empty(shape), queries.new_empty(shape, dtype=torch.int64)
+
+
+_native.on_load(_register_native)
+
+
+def exclusion_csr(graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR of an exclusion graph as the kernels take it: (rowptr (Q + 1,) int64, col (nnz,) int32 with the
+    columns sorted within each row)."""
+    col = graph.col
+    if graph.nnz > 1:
+        key = graph.row_index() * max(graph.shape[1], 1) + col.to(torch.int64)
+        if not bool((key[1:] >= key[:-1]).all()):
+            col = col[torch.argsort(key, stable=True)]
+    return graph.rowptr, col.contiguous()
 
 
 def _exclusion_graph(exclude, shape) -> Optional[Graph]:
@@ -53,7 +88,9 @@ def topk_scores(
         k: 0 <= k <= K.
         exclude: (Q, K) Graph or torch sparse tensor whose stored entries are removed before selection (e.g. the
             users' training items; values are ignored), or None.
-        backend: "reference" | "native" | "triton" | None (see :mod:`mmrec_fast.backends`).
+        backend: "reference" | "native" | "triton" | None (see :mod:`mmrec_fast.backends`). The native and Triton
+            kernels never form the Q x K matrix (one score tile per thread / program); the Triton kernel takes
+            k <= 1024.
 
     Returns:
         values: (Q, k) scores, descending; float64 for float64 inputs, else float32.
@@ -82,7 +119,15 @@ def topk_scores(
     if graph is not None and graph.device != queries.device:
         raise ValueError(f"topk_scores: exclude is on {graph.device} but queries are on {queries.device}")
     chosen = backends.resolve(SUPPORT, queries, backend)
+    k = int(k)
+    if chosen == "triton":
+        chosen = tile_topk.triton_k_limit("topk_scores", k, backend)
     with torch.no_grad():
         if chosen == "reference":
-            return reference.topk_scores(queries, keys, int(k), graph)
-    raise AssertionError(f"unhandled backend {chosen}")  # resolve only returns backends listed in SUPPORT
+            return reference.topk_scores(queries, keys, k, graph)
+        acc = accumulation_dtype(queries.dtype)
+        queries, keys = queries.detach().to(acc).contiguous(), keys.detach().to(acc).contiguous()
+        rowptr, col = exclusion_csr(graph) if graph is not None else (None, None)
+        if chosen == "native":
+            return torch.ops.mmrec_fast.topk_scores(queries, keys, k, rowptr, col, tile_topk.SCORE_TILE_BYTES)
+        return torch.ops.mmrec_fast.topk_scores_triton(queries, keys, k, rowptr, col, False)

@@ -1,0 +1,142 @@
+// Exact k nearest neighbours by inner product of the rows of x among themselves, on the CPU (float32, float64):
+// the cosine kNN of mmrec_fast.knn once x is row-normalised (ops/knn.py normalises), without an N x N matrix.
+//
+// What it fuses and what it follows:
+//  * Tile-and-select (tile_topk.h, shared with topk_scores): packed register-blocked GEMM tiles, each scanned at
+//    once into the per-row running top-k; only one (T x T) score tile per thread exists at a time.
+//  * Symmetry (KERNEL_ANCHORS.md section 3; FAISS, RAFT/cuVS and torch mm + topk all compute the full N^2):
+//    s(i, j) = s(j, i) bitwise (one FMA chain per score, tile_topk.h), so only the block pairs I <= J are
+//    computed. An off-diagonal tile offers each score to its row and to its column, a diagonal tile to its rows:
+//    (B + 1) / (2B) of the multiply-adds of the full product for B blocks.
+//  * Lock-free schedule: the block pairs are visited in the round-robin tournament order (the circle method; the
+//    "parallel ordering" of Brent & Luk, "The solution of singular-value and symmetric eigenvalue problems on
+//    multiprocessor arrays", SIAM J. Sci. Stat. Comput. 1985). Each round pairs the blocks disjointly (a block
+//    left without partner does its diagonal tile), so the tiles of one round touch disjoint rows and the threads
+//    update the shared top-k rows without locks, atomics or per-thread copies; a round ends at the parallel_for
+//    barrier. The block count is chosen so that a round's tiles split evenly over the threads.
+//  * Tile edge T from the score-tile budget (tile_bytes per thread, default 256 KiB: T = 256 for float32, so the
+//    tile and the streamed A panels share a 512 KiB L2); memory is O(N k + N d) whatever N.
+//  * Deterministic: scores do not depend on the schedule, the tile size or the thread count, and the selected
+//    (value desc, index asc) set does not depend on the order candidates arrive in.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "tile_topk.h"
+
+#include <limits>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace mmrec_fast {
+namespace {
+
+using namespace tile_topk;
+
+constexpr int64_t kDefaultTileBytes = 256 * 1024;
+
+// The tasks of the round-robin tournament over `blocks` blocks, round by round: (I, J) with I < J, or (I, I) for
+// a diagonal tile. Every pair I < J appears once, every diagonal once; the tasks of a round share no block.
+std::vector<std::vector<std::pair<int64_t, int64_t>>> tournament_rounds(int64_t blocks) {
+  const int64_t players = blocks + (blocks % 2);  // odd: one dummy player, whose partner plays its diagonal
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> rounds;
+  for (int64_t round = 0; round + 1 < players; ++round) {
+    std::vector<std::pair<int64_t, int64_t>> tasks;
+    for (int64_t t = 0; t < players / 2; ++t) {
+      int64_t a = t == 0 ? players - 1 : (round + t) % (players - 1);
+      int64_t b = t == 0 ? round : (round - t + players - 1) % (players - 1);
+      if (a >= blocks) a = b;
+      if (b >= blocks) b = a;
+      tasks.emplace_back(std::min(a, b), std::max(a, b));
+    }
+    rounds.push_back(std::move(tasks));
+  }
+  if (blocks % 2 == 0) {  // no dummy: the diagonals make one more round
+    std::vector<std::pair<int64_t, int64_t>> diagonals;
+    for (int64_t b = 0; b < blocks; ++b) diagonals.emplace_back(b, b);
+    rounds.push_back(std::move(diagonals));
+  }
+  return rounds;
+}
+
+// Block count and edge: at most the budget's edge, at least 2 blocks per thread where n allows, and (searching a
+// few counts up) ceil(blocks / 2) tasks per round divisible by the thread count, so no thread idles at a barrier.
+std::pair<int64_t, int64_t> choose_blocks(int64_t n, int64_t max_edge, int64_t threads) {
+  int64_t blocks = std::max<int64_t>((n + max_edge - 1) / max_edge, 1);
+  blocks = std::max(blocks, std::min<int64_t>(2 * threads, (n + 7) / 8));
+  for (int64_t candidate = blocks; candidate < blocks + 2 * threads && candidate * 8 <= n; ++candidate) {
+    if (((candidate + 1) / 2) % threads == 0) {
+      blocks = candidate;
+      break;
+    }
+  }
+  const int64_t edge = ((n + blocks - 1) / blocks + 7) / 8 * 8;
+  return {(n + edge - 1) / edge, edge};
+}
+
+template <typename T>
+void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, int64_t tile_bytes, T* out_values,
+                int64_t* out_index) {
+  constexpr int64_t G = kGroup<T>;
+  const int64_t threads = at::get_num_threads();
+  const auto [blocks, edge] = choose_blocks(n, tile_edge<T>(tile_bytes), threads);
+  const at::Tensor packed_storage = pack_rows(x, n, d);
+  const T* packed = packed_storage.data_ptr<T>();
+  RowTopK<T> top(n, k);
+  at::Tensor tiles = at::empty({threads, edge * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
+
+  auto run_task = [&](int64_t I, int64_t J, T* C) {
+    const int64_t row0 = I * edge, col0 = J * edge;
+    const int64_t rows = std::min(edge, n - row0), valid_cols = std::min(edge, n - col0);
+    const int64_t panels = (valid_cols + G - 1) / G;
+    const int64_t cols = panels * G;
+    gemm_tile(packed, row0, (rows + kMicroRows - 1) / kMicroRows * kMicroRows, packed, col0 / G, panels, d,
+              kDepthBlock, C, edge);
+    mask_columns_from(C, edge, rows, valid_cols, cols);
+    if (I == J) {
+      if (exclude_self)
+        for (int64_t r = 0; r < rows; ++r) C[r * edge + r] = -std::numeric_limits<T>::infinity();
+      select_tile<T, false>(C, edge, rows, cols, row0, col0, top);
+    } else {
+      select_tile<T, true>(C, edge, rows, cols, row0, col0, top);
+    }
+  };
+
+  for (const auto& tasks : tournament_rounds(blocks)) {
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+      T* C = tiles.data_ptr<T>() + at::get_thread_num() * edge * edge;
+      for (int64_t t = begin; t < end; ++t) run_task(tasks[t].first, tasks[t].second, C);
+    });
+  }
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) { top.finish(begin, end, out_values, out_index); });
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool exclude_self, int64_t tile_bytes) {
+  TORCH_CHECK(x.device().is_cpu(), "knn (native CPU): x must be a CPU tensor");
+  TORCH_CHECK(x.dim() == 2, "knn (native CPU): x must be 2-D (n, d), got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "knn (native CPU): x must be float32 or float64, got ", x.scalar_type());
+  const int64_t n = x.size(0), d = x.size(1);
+  TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), "knn (native CPU): at most 2^31 - 2 rows, got ", n);
+  TORCH_CHECK(k >= 0 && k <= n - (exclude_self ? 1 : 0), "knn (native CPU): k=", k, " must be in [0, ",
+              n - (exclude_self ? 1 : 0), "]");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor values = at::empty({n, k}, x.options());
+  at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
+  if (n == 0 || k == 0) return {values, indices};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "knn_cpu", [&] {
+    knn_kernel<scalar_t>(xc.data_ptr<scalar_t>(), n, d, k, exclude_self,
+                         tile_bytes > 0 ? tile_bytes : kDefaultTileBytes, values.data_ptr<scalar_t>(),
+                         indices.data_ptr<int64_t>());
+  });
+  return {values, indices};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("knn", &knn_cpu); }
+
+}  // namespace mmrec_fast
