@@ -8,7 +8,6 @@ prints each group's medians and the speedup of mmrec_fast (median of the baselin
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +67,10 @@ def peak_tensor_memory(fn) -> tuple[float, float]:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}"
+    """The machine line of the ratio table: CPU, cores, torch threads, the GPU benchmarked on, torch version."""
+    from mmrec_fast.train import machine
+
+    return f"{machine('cuda' if torch.cuda.is_available() else 'cpu')}; torch {torch.__version__}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
