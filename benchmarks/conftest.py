@@ -37,16 +37,25 @@ def baby_train_interactions():
 
 
 def powerlaw_interactions(num_users: int, num_items: int, num_interactions: int, exponent: float = 1.1, seed: int = 0):
-    """Bipartite interactions whose user activity and item popularity follow Zipf-like power laws."""
+    """num_interactions distinct (user, item) pairs whose user activity and item popularity follow Zipf-like power
+    laws: pairs are drawn independently and repeats dropped (first draws kept) until there are enough."""
     rng = np.random.default_rng(seed)
 
     def zipf_probabilities(size):
         p = 1.0 / np.arange(1, size + 1) ** exponent
         return rng.permutation(p / p.sum())
 
-    users = rng.choice(num_users, num_interactions, p=zipf_probabilities(num_users))
-    items = rng.choice(num_items, num_interactions, p=zipf_probabilities(num_items))
-    return users, items, num_users, num_items
+    user_p, item_p = zipf_probabilities(num_users), zipf_probabilities(num_items)
+    keys = np.empty(0, dtype=np.int64)
+    while True:
+        users = rng.choice(num_users, num_interactions, p=user_p)
+        items = rng.choice(num_items, num_interactions, p=item_p)
+        keys = np.concatenate([keys, users.astype(np.int64) * num_items + items])
+        _, first = np.unique(keys, return_index=True)
+        if first.size >= num_interactions:
+            break
+    keys = keys[np.sort(first)[:num_interactions]]
+    return keys // num_items, keys % num_items, num_users, num_items
 
 
 def peak_tensor_memory(fn) -> tuple[float, float]:
