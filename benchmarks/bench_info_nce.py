@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 import mmrec_fast
 
-from conftest import peak_tensor_memory
+from conftest import DEVICE, peak_tensor_memory, synchronize
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TEMPERATURE = 0.2
 MENTOR_USERS = 19_445  # users of Amazon Baby: MENTOR's InfoNCE runs over all of them every batch
 
@@ -52,11 +51,6 @@ def select(name):
     if name not in impls:
         pytest.skip(f"{name} does not run on {DEVICE} here")
     return impls[name]
-
-
-def synchronize():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def inputs(batch, d, requires_grad):

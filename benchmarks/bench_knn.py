@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrec_fast  # noqa: E402
 from mmrec_fast import Graph  # noqa: E402
 
-from conftest import baby_train_interactions  # noqa: E402
+from conftest import DEVICE, baby_train_interactions, synchronize  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KNN_K, TOPK_K, TOPK_DIM = 10, 50, 64
 KNN_CASES = {"baby-image": (7050, 4096), "baby-text": (7050, 384), "50k-text": (50000, 384)}
 TORCH_CHUNK_ROWS = 2048
@@ -47,11 +46,6 @@ def knn_features(case: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     return (x.abs() if d == 4096 else x).to(DEVICE)
-
-
-def synchronize():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 # -- knn implementations -------------------------------------------------------------------------------------------

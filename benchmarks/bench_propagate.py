@@ -14,10 +14,9 @@ import torch
 import mmrec_fast
 from mmrec_fast import Graph
 
-from conftest import baby_train_interactions, peak_tensor_memory, powerlaw_interactions
+from conftest import DEVICE, baby_train_interactions, peak_tensor_memory, powerlaw_interactions, synchronize
 
 NUM_LAYERS, DIM = 3, 64
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _graphs: dict[str, Graph] = {}
 
 
@@ -66,11 +65,6 @@ def select(graph, name):
     if name not in impls:
         pytest.skip(f"{name} does not run on {DEVICE} here")
     return impls[name]
-
-
-def synchronize():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("graph_name", ["baby", "powerlaw-200k"])

@@ -17,6 +17,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 OURS_PREFIX = "mmrec_fast"
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the benchmarks run
+
+
+def synchronize():
+    """Wait for the GPU's queued work, so that a timed call includes it (no-op on the CPU)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
 
 def data_root() -> Path | None:
     for candidate in (os.environ.get("MMREC_FAST_DATA"), REPO.parent / "shared" / "data"):
