@@ -36,6 +36,16 @@ NORM_EPS = 1e-12  # F.normalize's default
 
 
 @triton.jit
+def _load_rows(ptr, rows, row_mask, dims, dim_mask, d, UPCAST: tl.constexpr):
+    """Rows `rows` (BLOCK,) of a (batch, d) row-major matrix, columns `dims`: (BLOCK, BLOCK_D), zero where masked;
+    float32 when UPCAST (half-precision inputs)."""
+    block = tl.load(ptr + rows[:, None] * d + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    if UPCAST:
+        block = block.to(tl.float32)
+    return block
+
+
+@triton.jit
 def _row_lse_kernel(
     x_ptr, y_ptr, s_ptr, lse_ptr, batch, d,
     INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -45,9 +55,7 @@ def _row_lse_kernel(
     row_mask = rows < batch
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < d
-    x = tl.load(x_ptr + rows[:, None] * d + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-    if UPCAST:
-        x = x.to(tl.float32)
+    x = _load_rows(x_ptr, rows, row_mask, dims, dim_mask, d, UPCAST)
     s = tl.load(s_ptr).to(ACC)
     m = tl.full([BLOCK_M], float("-inf"), ACC)
     l = tl.zeros([BLOCK_M], ACC)
@@ -56,9 +64,7 @@ def _row_lse_kernel(
         for j0 in range(0, batch, BLOCK_N):
             cols = j0 + tl.arange(0, BLOCK_N)
             col_mask = cols < batch
-            other = tl.load(other_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
-            if UPCAST:
-                other = other.to(tl.float32)
+            other = _load_rows(other_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
             logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
             valid = row_mask[:, None] & col_mask[None, :]
             if pass_index == 1:  # the self term is not a negative
@@ -82,9 +88,7 @@ def _grad_rows_kernel(
     row_mask = rows < batch
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < d
-    x = tl.load(x_ptr + rows[:, None] * d + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
-    if UPCAST:
-        x = x.to(tl.float32)
+    x = _load_rows(x_ptr, rows, row_mask, dims, dim_mask, d, UPCAST)
     s = tl.load(s_ptr).to(ACC)
     g_rows = tl.load(g_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     lse_rows = tl.load(lse_x_ptr + rows, mask=row_mask, other=0.0).to(ACC)
@@ -94,9 +98,7 @@ def _grad_rows_kernel(
     for j0 in range(0, batch, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_mask = cols < batch
-        y = tl.load(y_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
-        if UPCAST:
-            y = y.to(tl.float32)
+        y = _load_rows(y_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
         logits = tl.dot(x, tl.trans(y), out_dtype=ACC, input_precision=DOT_PRECISION) * s
         diagonal = rows[:, None] == cols[None, :]
         dl = tl.zeros([BLOCK_M, BLOCK_N], ACC)
@@ -114,9 +116,7 @@ def _grad_rows_kernel(
         for j0 in range(0, batch, BLOCK_N):
             cols = j0 + tl.arange(0, BLOCK_N)
             col_mask = cols < batch
-            other = tl.load(x_ptr + cols[:, None] * d + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
-            if UPCAST:
-                other = other.to(tl.float32)
+            other = _load_rows(x_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
             logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
             g_cols = tl.load(g_ptr + cols, mask=col_mask, other=0.0).to(ACC)
             lse_cols = tl.load(lse_x_ptr + cols, mask=col_mask, other=0.0).to(ACC)
