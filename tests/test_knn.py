@@ -22,11 +22,10 @@ import scipy.sparse as sp
 import torch
 
 import mmrec_fast
-import mmrec_fast.ops.tile_topk as tile_topk
 from mmrec_fast import backends
 from mmrec_fast.reference.knn import normalize_rows
 
-from conftest import backend_device_pairs
+from conftest import assert_same_results_across_threads_and_tile_budgets, backend_device_pairs
 from parity import relative_tolerance
 
 PAIRS = backend_device_pairs()
@@ -149,13 +148,6 @@ def brute_force(x: torch.Tensor, k: int, exclude_self: bool):
         values.append([-c for c, _ in candidates[:k]])
         indices.append([j for _, j in candidates[:k]])
     return torch.tensor(values, dtype=torch.float64), torch.tensor(indices, dtype=torch.int64).reshape(len(rows), k)
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """A 24 x 24 float32 score tile (16 x 16 for float64 would be 2 KiB; the edge is the largest multiple of 8 that
-    fits), so that inputs of a few hundred rows run many tiles and many round-robin rounds."""
-    monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", 24 * 24 * 4)
 
 
 # -- the reference -------------------------------------------------------------------------------------------------
@@ -297,17 +289,7 @@ def test_edge_sizes_and_non_contiguous_input(backend, device):
 @needs_native
 def test_native_is_bitwise_deterministic_across_runs_threads_and_tile_budgets(monkeypatch):
     x = float_features(500, 96, "duplicated", seed=9)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for num_threads, tile_bytes in ((threads, 0), (threads, 0), (1, 0), (2, 0), (2, 40 * 40 * 4), (3, 8 * 8 * 4)):
-            torch.set_num_threads(num_threads)
-            monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", tile_bytes)
-            results.append(mmrec_fast.knn(x, 10, backend="native"))
-    finally:
-        torch.set_num_threads(threads)
-    for values, indices in results[1:]:
-        assert torch.equal(values, results[0][0]) and torch.equal(indices, results[0][1])
+    assert_same_results_across_threads_and_tile_budgets(monkeypatch, lambda: mmrec_fast.knn(x, 10, backend="native"))
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)

@@ -60,10 +60,9 @@ def test_bad_input():
 
 import numpy as np  # noqa: E402
 
-import mmrec_fast.ops.tile_topk as tile_topk  # noqa: E402
 from mmrec_fast import backends  # noqa: E402
 
-from conftest import backend_device_pairs, data_root  # noqa: E402
+from conftest import assert_same_results_across_threads_and_tile_budgets, backend_device_pairs, data_root  # noqa: E402
 from parity import relative_tolerance  # noqa: E402
 
 PAIRS = backend_device_pairs()
@@ -96,12 +95,6 @@ def exclusion_graph(num_queries: int, num_keys: int, seed: int) -> Graph:
     pairs += pairs[:10]  # repeated pairs
     edges = torch.tensor([(r, c) for r, c in pairs if r < num_queries], dtype=torch.int64).reshape(-1, 2)
     return Graph.from_edge_index(edges.T, shape=(num_queries, num_keys))
-
-
-@pytest.fixture
-def small_tiles(monkeypatch):
-    """24 x 24 float32 score tiles, so that small inputs run many tiles."""
-    monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", 24 * 24 * 4)
 
 
 def assert_exactly_reference(queries, keys, k, exclude, backend):
@@ -237,17 +230,7 @@ def test_native_never_allocates_a_score_matrix():
 def test_native_is_bitwise_deterministic_across_runs_threads_and_tile_budgets(monkeypatch):
     queries, keys = torch.randn(400, 48), torch.randn(700, 48)
     exclude = exclusion_graph(400, 700, seed=11)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for num_threads, tile_bytes in ((threads, 0), (threads, 0), (1, 0), (2, 0), (2, 40 * 40 * 4), (3, 8 * 8 * 4)):
-            torch.set_num_threads(num_threads)
-            monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", tile_bytes)
-            results.append(mmrec_fast.topk_scores(queries, keys, 20, exclude=exclude, backend="native"))
-    finally:
-        torch.set_num_threads(threads)
-    for values, indices in results[1:]:
-        assert torch.equal(values, results[0][0]) and torch.equal(indices, results[0][1])
+    assert_same_results_across_threads_and_tile_budgets(monkeypatch, lambda: mmrec_fast.topk_scores(queries, keys, 20, exclude=exclude, backend="native"))
 
 
 @needs_native
