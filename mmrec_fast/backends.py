@@ -32,6 +32,16 @@ ENV_VAR = "MMREC_FAST_BACKEND"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def check_float_matrix(op_name: str, name: str, t, dims: str = "(n, d)") -> None:
+    """The argument check every op makes of its dense inputs: a 2-D torch.Tensor of one of FLOAT_DTYPES."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{op_name}: {name} must be 2-D {dims}, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op_name}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op on this device/dtype; the message says why."""
 

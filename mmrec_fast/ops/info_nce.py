@@ -130,12 +130,7 @@ _native.on_load(_register_native)
 
 def _check(a, b, temperature, normalize, symmetric, intra_view_negatives, reduction) -> None:
     for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"info_nce: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"info_nce: {name} must be 2-D (B, d), got shape {tuple(t.shape)}")
-        if t.dtype not in backends.FLOAT_DTYPES:
-            raise TypeError(f"info_nce: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        backends.check_float_matrix("info_nce", name, t, "(B, d)")
     if a.shape != b.shape:
         raise ValueError(f"info_nce: a and b must have the same shape (B, d), got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[0] == 0:

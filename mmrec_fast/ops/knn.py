@@ -65,12 +65,7 @@ def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
 
 
 def _check_features(op_name: str, name: str, x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{op_name}: {name} must be 2-D (n, d), got shape {tuple(x.shape)}")
-    if x.dtype not in backends.FLOAT_DTYPES:
-        raise TypeError(f"{op_name}: {name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    backends.check_float_matrix(op_name, name, x)
     # A data-dependent check: skipped while torch.compile traces (compiled callers get no NaN/inf error).
     if not torch.compiler.is_compiling() and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{op_name}: {name} holds NaN or inf")

@@ -121,12 +121,7 @@ def combine_weights(combine: Union[str, Sequence[float]], num_layers: int) -> li
 def _check(graph: Graph, x: torch.Tensor, weights: list[float], op_name: str) -> None:
     if not isinstance(graph, Graph):
         raise TypeError(f"{op_name}: graph must be a mmrec_fast.Graph, got {type(graph).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op_name}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{op_name}: x must be 2-D (n, d), got shape {tuple(x.shape)}")
-    if x.dtype not in backends.FLOAT_DTYPES:
-        raise TypeError(f"{op_name}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    backends.check_float_matrix(op_name, "x", x)
     if x.device != graph.device:
         raise ValueError(f"{op_name}: x is on {x.device} but the graph is on {graph.device}; move one with .to()")
     m, n = graph.shape

@@ -97,13 +97,8 @@ def topk_scores(
         indices: (Q, k) int64 key indices; ties go to the lower index; -1 (with value -inf) where a row has fewer
         than k keys left after exclusion.
     """
-    for name, t in (("queries", queries), ("keys", keys)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"topk_scores: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"topk_scores: {name} must be 2-D, got shape {tuple(t.shape)}")
-        if t.dtype not in backends.FLOAT_DTYPES:
-            raise TypeError(f"topk_scores: {name} must be floating point, got {t.dtype}")
+    backends.check_float_matrix("topk_scores", "queries", queries, "(Q, d)")
+    backends.check_float_matrix("topk_scores", "keys", keys, "(K, d)")
     if queries.shape[1] != keys.shape[1]:
         raise ValueError(f"topk_scores: queries have d={queries.shape[1]} but keys have d={keys.shape[1]}")
     if queries.dtype != keys.dtype or queries.device != keys.device:
