@@ -61,6 +61,8 @@ def inputs(batch, d, requires_grad):
 
 
 def rounds_for(batch):
+    if DEVICE == "cuda":  # milliseconds per call on a GPU
+        return 50 if batch <= 8192 else 20
     return 20 if batch <= 2048 else (5 if batch <= 8192 else 3)
 
 
@@ -77,7 +79,7 @@ def test_forward(benchmark, batch, d, impl):
         synchronize()
         return out
 
-    benchmark.pedantic(run, rounds=rounds_for(batch), warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds_for(batch), warmup_rounds=3 if DEVICE == "cuda" else 1)
 
 
 def forward_backward(benchmark, fn, batch, d, group):
@@ -92,7 +94,7 @@ def forward_backward(benchmark, fn, batch, d, group):
     run()
     start, peak = peak_tensor_memory(run)
     benchmark.extra_info["peak_extra_mb"] = (peak - start) / 2**20
-    benchmark.pedantic(run, rounds=rounds_for(batch), warmup_rounds=0)
+    benchmark.pedantic(run, rounds=rounds_for(batch), warmup_rounds=2 if DEVICE == "cuda" else 0)
 
 
 @pytest.mark.parametrize("d", [64, 128])
