@@ -29,7 +29,7 @@ from . import INTERPRETED
 @triton.jit
 def _propagate_step_kernel(
     order_ptr, rowptr_ptr, col_ptr, values_ptr, src_ptr, src_scale_ptr, row_scale_ptr, x_ptr, x_scale_ptr, dst_ptr,
-    x_coef, num_rows, d,
+    x_coef_ptr, num_rows, d,
     HAS_VALUES: tl.constexpr, HAS_SRC_SCALE: tl.constexpr, HAS_ROW_SCALE: tl.constexpr, HAS_X: tl.constexpr,
     HAS_X_SCALE: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -62,7 +62,7 @@ def _propagate_step_kernel(
     out_offsets = rows[:, None] * d + cols[None, :]
     out_mask = row_mask[:, None] & col_mask[None, :]
     if HAS_X:
-        coef = tl.zeros([BLOCK_M], dtype=ACC) + x_coef
+        coef = tl.zeros([BLOCK_M], dtype=ACC) + tl.load(x_coef_ptr).to(ACC)  # a pointer: a float argument is fp32
         if HAS_X_SCALE:
             coef = coef * tl.load(x_scale_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         acc += coef[:, None] * tl.load(x_ptr + out_offsets, mask=out_mask, other=0.0).to(ACC)
@@ -70,6 +70,7 @@ def _propagate_step_kernel(
 
 
 def _launch_step(order, rowptr, col, values, src, src_scale, row_scale, x, x_scale, x_coef, dst):
+    """One step; x_coef is a one-element tensor in the accumulation dtype (or None when x is None)."""
     num_rows, d = dst.shape
     if num_rows == 0 or d == 0:
         return
@@ -81,7 +82,7 @@ def _launch_step(order, rowptr, col, values, src, src_scale, row_scale, x, x_sca
     _propagate_step_kernel[grid](
         order, rowptr, col, dummy if values is None else values, src, dummy if src_scale is None else src_scale,
         dummy if row_scale is None else row_scale, dummy if x is None else x, dummy if x_scale is None else x_scale,
-        dst, float(x_coef), num_rows, d,
+        dst, dummy if x_coef is None else x_coef, num_rows, d,
         HAS_VALUES=values is not None, HAS_SRC_SCALE=src_scale is not None, HAS_ROW_SCALE=row_scale is not None,
         HAS_X=x is not None, HAS_X_SCALE=x_scale is not None,
         ACC=tl.float64 if dst.dtype == torch.float64 else tl.float32, BLOCK_M=block_m, BLOCK_E=block_e, BLOCK_D=block_d,
@@ -112,11 +113,12 @@ def propagate(
         mid_scale = left * right
     else:
         mid_scale = left if left is not None else right
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    coefs = torch.tensor(weights, dtype=acc_dtype).to(x.device)  # one copy for all steps (fp64 stays fp64)
     w_last = weights[num_layers]
     if right is not None:
         first_scale = right * w_last
     elif w_last != 1.0:
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         first_scale = torch.full((n,), w_last, dtype=acc_dtype, device=x.device)
     else:
         first_scale = None
@@ -129,7 +131,7 @@ def propagate(
             row_scale=left if last else mid_scale,
             x=x if weights[k] != 0 else None,
             x_scale=None if last else right,
-            x_coef=weights[k],
+            x_coef=coefs[k : k + 1] if weights[k] != 0 else None,
             dst=buffers[k % 2],
         )  # fmt: skip
     return out

@@ -48,8 +48,17 @@ def kernel_backends(device: str) -> list[str]:
     return [b for b in ("native", "triton") if device in runnable[b]]
 
 
-def backend_device_pairs() -> list[tuple[str, str]]:
-    return [(b, dev) for dev in devices() for b in kernel_backends(dev)]
+def backend_device_pairs(op: str) -> list[tuple[str, str]]:
+    """(backend, device) pairs that run here and that `op` implements (info_nce, knn and topk_scores have no native
+    CUDA kernel: Triton serves the GPU)."""
+    implemented = mmrec_fast.backends.OPS[op].dtypes
+    return [(b, dev) for dev in devices() for b in kernel_backends(dev) if (b, dev) in implemented]
+
+
+def on_device(device: str, *tensors):
+    """The tensors moved to `device` (None stays None); one tensor in, one out."""
+    moved = tuple(t if t is None else t.to(device) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
 
 
 @pytest.fixture(autouse=True)

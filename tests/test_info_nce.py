@@ -19,7 +19,7 @@ from mmrec_fast.ops import info_nce as info_nce_ops  # noqa: F401  (the module r
 from conftest import backend_device_pairs
 from parity import LOW_PRECISION, assert_low_precision, assert_matches, relative_tolerance
 
-PAIRS = backend_device_pairs()
+PAIRS = backend_device_pairs("info_nce")
 VARIANTS = list(itertools.product([True, False], [False, True], [False, True]))  # normalize, symmetric, intra
 VARIANT_IDS = [f"{'norm' if n else 'raw'}-{'sym' if s else 'oneway'}-{'intra' if i else 'inter'}" for n, s, i in VARIANTS]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -251,10 +251,10 @@ def run_all_paths(backend, a, b):
     """Values and gradients of the fused path (mean) and of the recomputing one (none), symmetric + intra too."""
     results = []
     for variant, reduction in [((True, False, False), "mean"), ((True, False, True), "none"), ((False, True, True), "sum")]:
-        t = torch.tensor(0.25, requires_grad=True)
+        t = torch.tensor(0.25, device=a.device, requires_grad=True)
         x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
         loss = mmrec_fast.info_nce(x, y, t, normalize=variant[0], symmetric=variant[1], intra_view_negatives=variant[2], reduction=reduction, backend=backend)
-        upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+        upstream = torch.linspace(0.5, 1.5, loss.numel(), device=loss.device).reshape(loss.shape)
         results.append((loss, *torch.autograd.grad(loss, [x, y, t], upstream)))
     return results
 

@@ -28,7 +28,7 @@ from mmrec_fast.reference.knn import normalize_rows
 from conftest import assert_same_results_across_threads_and_tile_budgets, backend_device_pairs
 from parity import relative_tolerance
 
-PAIRS = backend_device_pairs()
+PAIRS = backend_device_pairs("knn")
 NATIVE = [p for p in PAIRS if p[0] == "native"]
 needs_native = pytest.mark.skipif(not NATIVE, reason="native backend not built")
 
@@ -91,8 +91,14 @@ def float_features(n: int, d: int, kind: str, seed: int = 0, dtype=torch.float32
 
 
 # -- checks --------------------------------------------------------------------------------------------------------
-def assert_exactly_reference(x, k, exclude_self, backend, dtype):
-    values, indices = mmrec_fast.knn(x, k, exclude_self=exclude_self, backend=backend)
+def knn_on(device, x, k, **kwargs):
+    """mmrec_fast.knn of x moved to `device`; the results back on the CPU."""
+    values, indices = mmrec_fast.knn(x.to(device), k, **kwargs)
+    return values.cpu(), indices.cpu()
+
+
+def assert_exactly_reference(x, k, exclude_self, backend, dtype, device="cpu"):
+    values, indices = knn_on(device, x, k, exclude_self=exclude_self, backend=backend)
     expected_values, expected_indices = mmrec_fast.knn(x, k, exclude_self=exclude_self, backend="reference")
     assert values.dtype == expected_values.dtype and indices.dtype == torch.int64
     assert values.shape == (x.shape[0], k) and indices.shape == (x.shape[0], k)
@@ -189,7 +195,7 @@ def test_exact_agreement_with_reference_ties_included(backend, device, kind, exc
         x = dyadic_features(n, d, kind, seed=n + d).float()
         for k in (1, 10, 50):
             if k <= n - exclude_self:
-                assert_exactly_reference(x, k, exclude_self, backend, torch.float32)
+                assert_exactly_reference(x, k, exclude_self, backend, torch.float32, device)
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -197,7 +203,7 @@ def test_exact_agreement_at_the_default_tile_budget(backend, device):
     n = 600 if backend == "native" else 140  # more than two default tiles (Triton: two column tiles, three row blocks)
     x = dyadic_features(n, 64, "duplicated", seed=5).float()
     for k in (1, 10, 50):
-        assert_exactly_reference(x, k, False, backend, torch.float32)
+        assert_exactly_reference(x, k, False, backend, torch.float32, device)
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -205,11 +211,11 @@ def test_exact_agreement_at_the_default_tile_budget(backend, device):
 def test_exact_agreement_in_other_dtypes(backend, device, dtype, small_tiles):
     if not claims(backend, device, dtype):
         with pytest.raises(backends.BackendUnavailable, match=f"takes .*got {str(dtype).replace('torch.', '')}"):
-            mmrec_fast.knn(torch.zeros(3, 2, dtype=dtype), 1, backend=backend)
+            mmrec_fast.knn(torch.zeros(3, 2, dtype=dtype, device=device), 1, backend=backend)
         return
     x = dyadic_features(90, 16, "duplicated", seed=11).to(dtype)  # dyadic rows are exact in half precision too
     for k in (1, 10, 50):
-        assert_exactly_reference(x, k, False, backend, dtype)
+        assert_exactly_reference(x, k, False, backend, dtype, device)
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -222,7 +228,7 @@ def test_float_features_match_up_to_near_ties(backend, device, kind, small_tiles
             x = float_features(n, d, kind, seed=n * d, dtype=dtype)
             for k in (1, 10, 50):
                 if k <= n:
-                    values, indices = mmrec_fast.knn(x, k, backend=backend)
+                    values, indices = knn_on(device, x, k, backend=backend)
                     assert values.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
                     assert_same_neighbours(x, k, False, values, indices)
 
@@ -248,7 +254,7 @@ def test_duplicated_rows_tie_exactly_and_a_row_can_fall_out_of_its_own_top_k(bac
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_equal_scores_are_ordered_by_index(backend, device, small_tiles):
     x = float_features(200, 48, "duplicated", seed=2)
-    values, indices = mmrec_fast.knn(x, 50, backend=backend)
+    values, indices = knn_on(device, x, 50, backend=backend)
     same = values[:, 1:] == values[:, :-1]
     assert bool(same.any())
     assert bool((indices[:, 1:][same] > indices[:, :-1][same]).all())
@@ -259,29 +265,29 @@ def test_zero_rows(backend, device, small_tiles):
     x = float_features(80, 32, "random", seed=4)
     zero = [0, 33, 79]
     x[zero] = 0.0
-    values, indices = mmrec_fast.knn(x, 10, backend=backend)
+    values, indices = knn_on(device, x, 10, backend=backend)
     assert not torch.isnan(values).any()
     for row in zero:  # similarity 0 to every row: the ten lowest indices
         assert indices[row].tolist() == list(range(10)) and values[row].abs().max().item() == 0.0
     assert_same_neighbours(x, 10, False, values, indices)
-    values, indices = mmrec_fast.knn(torch.zeros(30, 5), 29, exclude_self=True, backend=backend)
+    values, indices = knn_on(device, torch.zeros(30, 5), 29, exclude_self=True, backend=backend)
     assert indices[0].tolist() == list(range(1, 30)) and indices[29].tolist() == list(range(29))
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_edge_sizes_and_non_contiguous_input(backend, device):
-    values, indices = mmrec_fast.knn(torch.randn(5, 3), 0, backend=backend)
+    values, indices = knn_on(device, torch.randn(5, 3), 0, backend=backend)
     assert values.shape == (5, 0) and indices.shape == (5, 0)
-    values, indices = mmrec_fast.knn(torch.randn(0, 3), 0, backend=backend)
+    values, indices = knn_on(device, torch.randn(0, 3), 0, backend=backend)
     assert values.shape == (0, 0)
-    values, indices = mmrec_fast.knn(torch.randn(4, 0), 4, backend=backend)  # d = 0: all zero rows
+    values, indices = knn_on(device, torch.randn(4, 0), 4, backend=backend)  # d = 0: all zero rows
     assert indices.tolist() == [[0, 1, 2, 3]] * 4 and values.abs().max().item() == 0.0
     wide = torch.zeros(90, 32)
     wide[:, ::2] = dyadic_features(90, 16, "random", seed=8).float()
-    x = wide[:, ::2]
+    x = wide.to(device)[:, ::2]
     assert not x.is_contiguous()
-    got = mmrec_fast.knn(x, 10, backend=backend)
-    expected = mmrec_fast.knn(x.contiguous(), 10, backend="reference")
+    got = [t.cpu() for t in mmrec_fast.knn(x, 10, backend=backend)]
+    expected = mmrec_fast.knn(x.cpu().contiguous(), 10, backend="reference")
     assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
 
 
@@ -294,7 +300,7 @@ def test_native_is_bitwise_deterministic_across_runs_threads_and_tile_budgets(mo
 
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_repeated_runs_are_bitwise_identical(backend, device):
-    x = float_features(150, 40, "clustered", seed=10)
+    x = float_features(150, 40, "clustered", seed=10).to(device)
     first = mmrec_fast.knn(x, 10, backend=backend)
     second = mmrec_fast.knn(x, 10, backend=backend)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
@@ -341,7 +347,7 @@ def test_triton_k_limit_is_a_clear_error(backend, device):
     from mmrec_fast.kernels.topk_scores import MAX_K
 
     with pytest.raises(backends.BackendUnavailable, match=f"at most {MAX_K} candidates"):
-        mmrec_fast.knn(torch.randn(MAX_K + 2, 2), MAX_K + 1, backend="triton")
+        mmrec_fast.knn(torch.randn(MAX_K + 2, 2, device=device), MAX_K + 1, backend="triton")
 
 
 # -- torch.compile -------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mmrec_fast.ops import propagate as propagate_ops  # noqa: F401  (the module
 from conftest import backend_device_pairs, data_root, kernel_backends
 from parity import LOW_PRECISION, assert_low_precision, assert_matches
 
-PAIRS = backend_device_pairs()
+PAIRS = backend_device_pairs("propagate")
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 

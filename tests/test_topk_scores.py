@@ -62,10 +62,10 @@ import numpy as np  # noqa: E402
 
 from mmrec_fast import backends  # noqa: E402
 
-from conftest import assert_same_results_across_threads_and_tile_budgets, backend_device_pairs, data_root  # noqa: E402
+from conftest import assert_same_results_across_threads_and_tile_budgets, backend_device_pairs, data_root, on_device  # noqa: E402
 from parity import relative_tolerance  # noqa: E402
 
-PAIRS = backend_device_pairs()
+PAIRS = backend_device_pairs("topk_scores")
 NATIVE = [p for p in PAIRS if p[0] == "native"]
 needs_native = pytest.mark.skipif(not NATIVE, reason="native backend not built")
 
@@ -97,8 +97,15 @@ def exclusion_graph(num_queries: int, num_keys: int, seed: int) -> Graph:
     return Graph.from_edge_index(edges.T, shape=(num_queries, num_keys))
 
 
-def assert_exactly_reference(queries, keys, k, exclude, backend):
-    values, indices = mmrec_fast.topk_scores(queries, keys, k, exclude=exclude, backend=backend)
+def topk_scores_on(device, queries, keys, k, exclude=None, **kwargs):
+    """mmrec_fast.topk_scores with the inputs moved to `device`; the results back on the CPU."""
+    exclude = exclude.to(device) if exclude is not None else None
+    values, indices = mmrec_fast.topk_scores(queries.to(device), keys.to(device), k, exclude=exclude, **kwargs)
+    return values.cpu(), indices.cpu()
+
+
+def assert_exactly_reference(queries, keys, k, exclude, backend, device="cpu"):
+    values, indices = topk_scores_on(device, queries, keys, k, exclude, backend=backend)
     expected_values, expected_indices = mmrec_fast.topk_scores(queries, keys, k, exclude=exclude, backend="reference")
     assert values.dtype == expected_values.dtype and indices.dtype == torch.int64
     mismatched = (indices != expected_indices).any(dim=1).nonzero().flatten().tolist()
@@ -119,7 +126,7 @@ def test_exact_agreement_with_reference(backend, device, with_exclude, small_til
         exclude = exclusion_graph(q, num_keys, seed=q) if with_exclude else None
         for k in (1, 10, 50):
             if k <= num_keys:
-                values, indices = assert_exactly_reference(queries, keys, k, exclude, backend)
+                values, indices = assert_exactly_reference(queries, keys, k, exclude, backend, device)
                 if with_exclude and q > 2:
                     assert (indices[1] == -1).all() and (values[1] == float("-inf")).all()  # every key excluded
                     assert set(indices[2, :2].tolist()) <= {0, num_keys - 1} and (indices[2, 2:] == -1).all()
@@ -137,7 +144,7 @@ def test_exclude_as_torch_sparse_and_unsorted_graph(backend, device, small_tiles
     unsorted = Graph(graph.rowptr, col[order][shuffled_within_rows], shape=(30, 90))
     assert not bool((unsorted.col[1:].long() >= unsorted.col[:-1].long()).all())
     for exclude in (coo, coo.to_sparse_csr(), unsorted):
-        got = mmrec_fast.topk_scores(queries, keys, 20, exclude=exclude, backend=backend)
+        got = topk_scores_on(device, queries, keys, 20, exclude, backend=backend)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
@@ -146,12 +153,12 @@ def test_exclude_as_torch_sparse_and_unsorted_graph(backend, device, small_tiles
 def test_exact_agreement_in_other_dtypes(backend, device, dtype, small_tiles):
     if dtype not in backends.OPS["topk_scores"].dtypes[(backend, device)]:
         with pytest.raises(backends.BackendUnavailable, match=f"got {str(dtype).replace('torch.', '')}"):
-            mmrec_fast.topk_scores(torch.zeros(2, 2, dtype=dtype), torch.zeros(3, 2, dtype=dtype), 1, backend=backend)
+            mmrec_fast.topk_scores(*on_device(device, torch.zeros(2, 2, dtype=dtype), torch.zeros(3, 2, dtype=dtype)), 1, backend=backend)
         return
     queries, keys = dyadic(50, 16, seed=4).to(dtype), dyadic(80, 16, seed=5).to(dtype)
     exclude = exclusion_graph(50, 80, seed=6)
     for k in (1, 10, 50):
-        assert_exactly_reference(queries, keys, k, exclude, backend)
+        assert_exactly_reference(queries, keys, k, exclude, backend, device)
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -163,7 +170,7 @@ def test_float_data_matches_up_to_near_ties(backend, device, small_tiles):
         queries = torch.randn(60, 64, generator=g, dtype=torch.float64)
         keys = torch.randn(200, 64, generator=g, dtype=torch.float64)
         exclude = exclusion_graph(60, 200, seed=8)
-        values, indices = mmrec_fast.topk_scores(queries.to(dtype), keys.to(dtype), 50, exclude=exclude, backend=backend)
+        values, indices = topk_scores_on(device, queries.to(dtype), keys.to(dtype), 50, exclude, backend=backend)
         truth = queries @ keys.T
         row, col, _ = exclude.coo()
         truth[row, col] = float("-inf")
@@ -255,4 +262,4 @@ def test_triton_k_limit_is_a_clear_error(backend, device):
     from mmrec_fast.kernels.topk_scores import MAX_K
 
     with pytest.raises(backends.BackendUnavailable, match=f"at most {MAX_K} candidates"):
-        mmrec_fast.topk_scores(torch.randn(2, 2), torch.randn(MAX_K + 1, 2), MAX_K + 1, backend="triton")
+        mmrec_fast.topk_scores(*on_device(device, torch.randn(2, 2), torch.randn(MAX_K + 1, 2)), MAX_K + 1, backend="triton")
