@@ -69,7 +69,15 @@ def powerlaw_interactions(num_users: int, num_items: int, num_interactions: int,
 def peak_tensor_memory(fn) -> tuple[float, float]:
     """(live tensor bytes when fn starts, peak live tensor bytes while it runs), from the profiler's memory timeline.
 
-    Counts CPU/GPU tensors torch allocates (not allocator slack or library scratch such as MKL's)."""
+    Counts CPU tensors torch allocates (not allocator slack or library scratch such as MKL's). On a GPU: torch's
+    allocated device memory before fn and its peak while fn runs (the caching allocator's own statistics)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return float(start), float(torch.cuda.max_memory_allocated())
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfileTimeline
 

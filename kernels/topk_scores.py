@@ -47,7 +47,7 @@ def _topk_scores_kernel(
     q_ptr, k_ptr, rowptr_ptr, col_ptr, out_values_ptr, out_index_ptr,
     num_queries, num_keys, d, k,
     HAS_EXCLUDE: tl.constexpr, EXCLUDE_DIAGONAL: tl.constexpr, K_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_queries
@@ -77,18 +77,15 @@ def _topk_scores_kernel(
         if EXCLUDE_DIAGONAL:
             keep = keep & (rows[:, None] != cols[None, :])
         if HAS_EXCLUDE:
-            # Excluded columns of each row inside [col0, col0 + BLOCK_N), BLOCK_E entries at a time.
-            pending = cursor < row_end
-            while tl.max(pending.to(tl.int32), axis=0) > 0:
-                entries = cursor[:, None] + tl.arange(0, BLOCK_E)[None, :]
-                entry_mask = entries < row_end[:, None]
-                excluded = tl.load(col_ptr + entries, mask=entry_mask, other=0)
-                in_tile = entry_mask & (excluded < col0 + BLOCK_N)
-                hit = (excluded[:, :, None] == cols[None, None, :]) & in_tile[:, :, None]
-                keep = keep & (tl.max(hit.to(tl.int32), axis=1) == 0)
-                taken = tl.sum(in_tile.to(tl.int32), axis=1)
-                cursor += taken
-                pending = (taken == BLOCK_E) & (cursor < row_end)
+            # Excluded columns of each row inside [col0, col0 + BLOCK_N), one entry per row per step (a 2-D compare:
+            # the 3-D (rows, entries, columns) form crashed Triton 3.6's layout pass on sm_90).
+            excluded = tl.load(col_ptr + cursor, mask=cursor < row_end, other=0)
+            in_tile = (cursor < row_end) & (excluded < col0 + BLOCK_N)
+            while tl.max(in_tile.to(tl.int32), axis=0) > 0:
+                keep = keep & ~((excluded[:, None] == cols[None, :]) & in_tile[:, None])
+                cursor += in_tile.to(cursor.dtype)
+                excluded = tl.load(col_ptr + cursor, mask=cursor < row_end, other=0)
+                in_tile = (cursor < row_end) & (excluded < col0 + BLOCK_N)
         keys = (_ordered_bits(scores).to(tl.int64) << 32) | (0xFFFFFFFF - cols.to(tl.int64))[None, :]
         keys = tl.where(keep, keys, _SENTINEL)
         tile_best = tl.max(keys, axis=1)
@@ -142,6 +139,6 @@ def topk_scores(
         queries, keys, exclude_rowptr if has_exclude else values, exclude_col if has_exclude else values,
         values, indices, num_queries, num_keys, d, k,
         HAS_EXCLUDE=has_exclude, EXCLUDE_DIAGONAL=bool(exclude_diagonal), K_PAD=k_pad,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_E=8,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
     )  # fmt: skip
     return values, indices

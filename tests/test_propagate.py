@@ -132,6 +132,26 @@ def test_combinations(backend, device, num_layers, combine):
     check_parity(weighted_graph(), backend, device, torch.float64, 3, num_layers, combine)
 
 
+def segment_boundary_graph(seed=5) -> Graph:
+    """Users whose degrees sit on and around multiples of the GPU kernels' edge segment (128 edges per warp or
+    program; longer rows are summed in pieces): 0, 1, 127, 128, 129, 255, 256, 257, 300, weighted, not symmetric."""
+    rng = np.random.default_rng(seed)
+    degrees = [0, 1, 127, 128, 129, 255, 256, 257, 300, 0, 3]
+    num_items = 320
+    users = np.concatenate([np.full(k, u, dtype=np.int64) for u, k in enumerate(degrees)])
+    items = np.concatenate([rng.permutation(num_items)[:k] for k in degrees])
+    values = rng.uniform(0.5, 1.5, users.size)
+    return Graph.from_edge_index(np.stack([users, items]), values=torch.from_numpy(values), shape=(len(degrees), num_items), norm=None)
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_around_the_segment_length(backend, device, dtype):
+    graph = segment_boundary_graph()
+    for d in (1, 64, 130):
+        check_parity(graph, backend, device, dtype, d, num_layers=1, combine="last")
+
+
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_hub_of_degree_5000(backend, device):
     graph = hub_graph()

@@ -5,9 +5,9 @@
 
 namespace mmrec_fast {
 namespace cuda {
-template cudaError_t launch_propagate_step<float>(const PropagateStepArgs<float>&, cudaStream_t);
-template cudaError_t launch_propagate_step<double>(const PropagateStepArgs<double>&, cudaStream_t);
-template cudaError_t launch_propagate_step<__half>(const PropagateStepArgs<__half>&, cudaStream_t);
-template cudaError_t launch_propagate_step<__nv_bfloat16>(const PropagateStepArgs<__nv_bfloat16>&, cudaStream_t);
+template cudaError_t launch_propagate_step<float>(const PropagateStepArgs<float>&, const PropagateSegments&, cudaStream_t);
+template cudaError_t launch_propagate_step<double>(const PropagateStepArgs<double>&, const PropagateSegments&, cudaStream_t);
+template cudaError_t launch_propagate_step<__half>(const PropagateStepArgs<__half>&, const PropagateSegments&, cudaStream_t);
+template cudaError_t launch_propagate_step<__nv_bfloat16>(const PropagateStepArgs<__nv_bfloat16>&, const PropagateSegments&, cudaStream_t);
 }  // namespace cuda
 }  // namespace mmrec_fast

@@ -1,6 +1,8 @@
-// torch binding of the CUDA propagation kernel (csrc/cuda/propagate.cuh): argument checks and the Horner chain
-// come from csrc/propagate_chain.h, the step from the kernel. Registered for the CUDA dispatch key.
+// torch binding of the CUDA propagation kernels (csrc/cuda/propagate.cuh): argument checks and the Horner chain
+// come from csrc/propagate_chain.h, the edge segments (built once per call, no host sync) and the step from the
+// kernels. Registered for the CUDA dispatch key.
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,6 +19,10 @@ template <typename T> struct CudaType { using type = T; };
 template <> struct CudaType<at::Half> { using type = __half; };
 template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
 
+void check_launch(cudaError_t error) {
+  TORCH_CHECK(error == cudaSuccess, "propagate (native CUDA): kernel launch failed: ", cudaGetErrorString(error));
+}
+
 template <typename A>
 const A* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<A>() : nullptr;
@@ -30,18 +36,27 @@ at::Tensor propagate_cuda(const at::Tensor& x, const at::Tensor& rowptr, const a
   TORCH_CHECK(x.is_cuda(), "propagate (native CUDA): x must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Rows by decreasing degree (stable: a deterministic schedule), computed once for all steps.
-  at::Tensor order;
+  // Edge segments (csrc/cuda/propagate.cuh), built on the device once for all steps, on the first step (after
+  // propagate_chain has checked the arguments).
+  at::Tensor table, seg_row, long_rows, partials;
+  cuda::PropagateSegments segments{};
   return propagate_chain(x, rowptr, col, values, left, right, weights, [&](const PropagateStepTensors& t) {
-    if (!order.defined()) {
-      const at::Tensor degree = rowptr.narrow(0, 1, rowptr.size(0) - 1) - rowptr.narrow(0, 0, rowptr.size(0) - 1);
-      order = std::get<1>(degree.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    if (!table.defined()) {
+      const int64_t rows = rowptr.size(0) - 1, nnz = col.size(0);
+      const at::TensorOptions index = rowptr.options();
+      table = at::empty({rows, cuda::kTableColumns}, index);
+      check_launch(cuda::launch_count_segments(rowptr.data_ptr<int64_t>(), rows, table.data_ptr<int64_t>(), stream));
+      table = table.cumsum(0);
+      seg_row = at::empty({cuda::max_segments(rows, nnz)}, index.dtype(at::kInt));
+      long_rows = at::empty({std::max<int64_t>(cuda::max_long_rows(nnz), 1)}, index.dtype(at::kInt));
+      partials = at::empty({cuda::max_partials(nnz), t.dst.size(1)}, x.options().dtype(accumulate_type(x.scalar_type())));
+      segments = {table.data_ptr<int64_t>(), seg_row.data_ptr<int32_t>(), long_rows.data_ptr<int32_t>(), rows, nnz};
+      check_launch(cuda::launch_place_segments(rowptr.data_ptr<int64_t>(), segments, stream));
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "propagate_cuda", [&] {
       using T = typename CudaType<scalar_t>::type;
       using A = cuda::acc_t<T>;
       cuda::PropagateStepArgs<T> a;
-      a.order = order.data_ptr<int64_t>();
       a.rowptr = rowptr.data_ptr<int64_t>();
       a.col = col.data_ptr<int32_t>();
       a.values = values.has_value() ? values->data_ptr<A>() : nullptr;
@@ -52,10 +67,10 @@ at::Tensor propagate_cuda(const at::Tensor& x, const at::Tensor& rowptr, const a
       a.x_scale = ptr_or_null<A>(t.x_scale);
       a.x_coef = static_cast<A>(t.x_coef);
       a.dst = reinterpret_cast<T*>(t.dst.data_ptr<scalar_t>());
+      a.partials = partials.data_ptr<A>();
       a.num_rows = t.dst.size(0);
       a.d = t.dst.size(1);
-      const cudaError_t error = cuda::launch_propagate_step<T>(a, stream);
-      TORCH_CHECK(error == cudaSuccess, "propagate (native CUDA): kernel launch failed: ", cudaGetErrorString(error));
+      check_launch(cuda::launch_propagate_step<T>(a, segments, stream));
     });
   });
 }
