@@ -3,8 +3,9 @@
 # suite (every test whose id names cuda: native CUDA and Triton), then the GPU benchmarks. Each step has its own
 # time limit and the script goes on after a failure, so one call brings back everything it got to.
 #
-#   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests bench-propagate bench-info_nce bench-knn
-#                                              (default: all, in that order)
+#   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests profile bench-propagate bench-info_nce
+#                                              bench-knn (default: all but profile, in that order)
+#   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
 #
 # Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere).
 # Data: MMREC_FAST_DATA if set, else ./.gpudata when present (a git-ignored copy of ../shared/data carried to the
@@ -46,8 +47,12 @@ for s in $STEPS; do
           | tee -a "$SUMMARY"
       ;;
     tests)
-      step tests 360 "$PY" -m pytest tests -q -k cuda -n 8 -p no:cacheprovider --junitxml="$OUT/tests.xml"
+      step tests 360 "$PY" -m pytest tests -q -k "${TESTS_K:-cuda}" -n 8 -p no:cacheprovider --junitxml="$OUT/tests.xml"
       tail -n 30 "$OUT/tests.log"
+      ;;
+    profile)
+      step profile 120 "$PY" benchmarks/profile_gpu.py
+      cat "$OUT/profile.log"
       ;;
     bench-*)
       op=${s#bench-}

@@ -44,9 +44,9 @@ at::Tensor propagate_cuda(const at::Tensor& x, const at::Tensor& rowptr, const a
     if (!table.defined()) {
       const int64_t rows = rowptr.size(0) - 1, nnz = col.size(0);
       const at::TensorOptions index = rowptr.options();
-      table = at::empty({rows, cuda::kTableColumns}, index);
+      table = at::empty({cuda::kTableColumns, rows}, index);
       check_launch(cuda::launch_count_segments(rowptr.data_ptr<int64_t>(), rows, table.data_ptr<int64_t>(), stream));
-      table = table.cumsum(0);
+      table = table.cumsum(1);
       seg_row = at::empty({cuda::max_segments(rows, nnz)}, index.dtype(at::kInt));
       long_rows = at::empty({std::max<int64_t>(cuda::max_long_rows(nnz), 1)}, index.dtype(at::kInt));
       partials = at::empty({cuda::max_partials(nnz), t.dst.size(1)}, x.options().dtype(accumulate_type(x.scalar_type())));

@@ -16,8 +16,8 @@
 // lane. fp16 / bf16 / fp32 inputs accumulate in fp32, fp64 in fp64.
 //
 // Segments are built once per propagation (all steps share them) from rowptr, without a host sync:
-//   count_segments_kernel: per row (segments, partial slots, is long) -> a (rows, 3) int64 table;
-//   the caller scans the table (inclusive, over rows);
+//   count_segments_kernel: per row (segments, partial slots, is long) -> a (3, rows) int64 table;
+//   the caller scans the table (inclusive, along rows);
 //   place_segments_kernel: segment -> row, long-row rank -> row.
 // Grids are sized by host-side bounds (rows + nnz / kSegmentEdges segments, nnz / (kSegmentEdges + 1) long rows);
 // warps past the true totals (the scan's last row) exit.
@@ -50,7 +50,9 @@ constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kSegmentEdges = 128;  // edges per warp: hubs are split, short rows take one warp each
 
-// Columns of the segment table built by count_segments_kernel (and scanned over rows by the caller).
+// Rows of the (3, rows) segment table built by count_segments_kernel (and scanned along rows by the caller: the
+// innermost dimension, which torch scans in parallel; a scan over the outer dimension of a (rows, 3) table runs
+// one thread per column and cost milliseconds).
 constexpr int kSegments = 0, kPartials = 1, kLong = 2, kTableColumns = 3;
 
 __host__ __device__ __forceinline__ int64_t segments_of(int64_t degree) {
@@ -63,7 +65,7 @@ inline int64_t max_long_rows(int64_t nnz) { return nnz / (kSegmentEdges + 1); }
 inline int64_t max_partials(int64_t nnz) { return max_long_rows(nnz) + nnz / kSegmentEdges; }
 
 struct PropagateSegments {
-  const int64_t* table;  // (rows, 3) inclusive scan over rows of (segments, partial slots, is long)
+  const int64_t* table;  // (3, rows) inclusive scans over rows of (segments, partial slots, is long)
   int32_t* seg_row;      // (max_segments,) row of each segment
   int32_t* long_rows;    // (max_long_rows,) rows with more than one segment, by row index
   int64_t rows;
@@ -91,18 +93,18 @@ __global__ void count_segments_kernel(const int64_t* rowptr, int64_t rows, int64
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const int64_t segments = segments_of(rowptr[r + 1] - rowptr[r]);
-  table[r * kTableColumns + kSegments] = segments;
-  table[r * kTableColumns + kPartials] = segments > 1 ? segments : 0;
-  table[r * kTableColumns + kLong] = segments > 1 ? 1 : 0;
+  table[kSegments * rows + r] = segments;
+  table[kPartials * rows + r] = segments > 1 ? segments : 0;
+  table[kLong * rows + r] = segments > 1 ? 1 : 0;
 }
 
 __global__ void place_segments_kernel(const int64_t* rowptr, PropagateSegments s) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= s.rows) return;
-  const int64_t segments = s.table[r * kTableColumns + kSegments] - (r ? s.table[(r - 1) * kTableColumns + kSegments] : 0);
-  const int64_t first = s.table[r * kTableColumns + kSegments] - segments;
+  const int64_t segments = s.table[kSegments * s.rows + r] - (r ? s.table[kSegments * s.rows + (r - 1)] : 0);
+  const int64_t first = s.table[kSegments * s.rows + r] - segments;
   for (int64_t i = 0; i < segments; ++i) s.seg_row[first + i] = static_cast<int32_t>(r);
-  if (segments > 1) s.long_rows[s.table[r * kTableColumns + kLong] - 1] = static_cast<int32_t>(r);
+  if (segments > 1) s.long_rows[s.table[kLong * s.rows + r] - 1] = static_cast<int32_t>(r);
 }
 
 // COLS contiguous columns of one source row, from `p` (ALIGNED: one vector load of COLS elements).
@@ -132,17 +134,17 @@ __global__ void __launch_bounds__(kWarpSize * kWarpsPerBlock)
 propagate_segments_kernel(const PropagateStepArgs<T> a, const PropagateSegments s) {
   using A = acc_t<T>;
   const int64_t segment = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (segment >= s.table[(s.rows - 1) * kTableColumns + kSegments]) return;  // uniform across the warp
+  if (segment >= s.table[kSegments * s.rows + (s.rows - 1)]) return;  // uniform across the warp
   const int lane = threadIdx.x % kWarpSize;
   const int64_t row = s.seg_row[segment];
   const int64_t row_begin = a.rowptr[row], row_end = a.rowptr[row + 1];
   const int64_t segments = segments_of(row_end - row_begin);
-  const int64_t index = segment - (s.table[row * kTableColumns + kSegments] - segments);  // within the row
+  const int64_t index = segment - (s.table[kSegments * s.rows + row] - segments);  // within the row
   const int64_t e_begin = row_begin + index * kSegmentEdges;
   const int64_t e_end = segments == 1 ? row_end : (e_begin + kSegmentEdges < row_end ? e_begin + kSegmentEdges : row_end);
   A* partial = nullptr;
   if (segments > 1) {
-    const int64_t slot = s.table[row * kTableColumns + kPartials] - segments + index;
+    const int64_t slot = s.table[kPartials * s.rows + row] - segments + index;
     partial = a.partials + slot * a.d;
   }
 
@@ -194,11 +196,11 @@ __global__ void __launch_bounds__(kWarpSize * kWarpsPerBlock)
 finish_long_rows_kernel(const PropagateStepArgs<T> a, const PropagateSegments s) {
   using A = acc_t<T>;
   const int64_t slot = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (slot >= s.table[(s.rows - 1) * kTableColumns + kLong]) return;
+  if (slot >= s.table[kLong * s.rows + (s.rows - 1)]) return;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t row = s.long_rows[slot];
   const int64_t segments = segments_of(a.rowptr[row + 1] - a.rowptr[row]);
-  const A* partial = a.partials + (s.table[row * kTableColumns + kPartials] - segments) * a.d;
+  const A* partial = a.partials + (s.table[kPartials * s.rows + row] - segments) * a.d;
   const A row_scale = a.row_scale ? a.row_scale[row] : A(1);
   const A x_factor = a.x ? a.x_coef * (a.x_scale ? a.x_scale[row] : A(1)) : A(0);
   for (int64_t column = lane; column < a.d; column += kWarpSize) {
@@ -214,7 +216,7 @@ inline unsigned blocks_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned>((items + per_block - 1) / per_block);
 }
 
-// Step 1 of the segment build: the (rows, 3) table, to be scanned over rows by the caller.
+// Step 1 of the segment build: the (3, rows) table, to be scanned along rows by the caller.
 inline cudaError_t launch_count_segments(const int64_t* rowptr, int64_t rows, int64_t* table, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   count_segments_kernel<<<blocks_for(rows, 256), 256, 0, stream>>>(rowptr, rows, table);

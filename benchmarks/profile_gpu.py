@@ -1,0 +1,58 @@
+"""Where the time of one GPU propagate call goes: wall time per call against the summed time of its GPU kernels
+(from torch.profiler), and the kernels by total time. The gap between the two is launch and host overhead.
+
+    python benchmarks/profile_gpu.py [baby|powerlaw-200k ...]      (on a machine with a CUDA GPU)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mmrec_fast  # noqa: E402
+
+from bench_propagate import DIM, NUM_LAYERS, graph_named, implementations  # noqa: E402
+
+
+def wall_ms(fn, rounds=30):
+    times = []
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(graph_names):
+    for name in graph_names:
+        graph = graph_named(name)
+        x = torch.randn(graph.shape[0], DIM, device="cuda", requires_grad=True)
+        upstream = torch.randn_like(x)
+        impls = implementations(graph)
+        for impl, fn in impls.items():
+            for what, call in (("forward", lambda: fn(x)), ("forward+backward", lambda: fn(x).backward(upstream))):
+                call()
+                wall = wall_ms(call)
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    for _ in range(5):
+                        call()
+                    torch.cuda.synchronize()
+                kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+                gpu_ms = sum(e.self_device_time_total for e in kernels) / 5 / 1e3
+                print(f"{name:14s} {impl:34s} {what:17s} wall {wall:8.3f} ms   GPU kernels {gpu_ms:8.3f} ms")
+                for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:4]:
+                    print(f"{'':20s}{e.self_device_time_total / 5 / 1e3:8.3f} ms  x{e.count // 5:<3d} {e.key[:90]}")
+                x.grad = None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["baby", "powerlaw-200k"])
