@@ -3,8 +3,8 @@
 # suite (every test whose id names cuda: native CUDA and Triton), then the GPU benchmarks. Each step has its own
 # time limit and the script goes on after a failure, so one call brings back everything it got to.
 #
-#   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests profile bench-propagate bench-info_nce
-#                                              bench-knn (default: all but profile, in that order)
+#   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests profile tune bench-propagate
+#                                              bench-info_nce bench-knn (default: all but profile and tune)
 #   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
 #
 # Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere).
@@ -51,8 +51,12 @@ for s in $STEPS; do
       tail -n 30 "$OUT/tests.log"
       ;;
     profile)
-      step profile 120 "$PY" benchmarks/profile_gpu.py
+      step profile 120 "$PY" benchmarks/profile_gpu.py ${PROFILE_GRAPHS:-}
       cat "$OUT/profile.log"
+      ;;
+    tune)
+      step tune 420 "$PY" benchmarks/tune_gpu.py
+      cat "$OUT/tune.log"
       ;;
     bench-*)
       op=${s#bench-}

@@ -144,7 +144,13 @@ def _config(x: torch.Tensor) -> dict:
     block_d = max(16, triton.next_power_of_2(x.shape[1]))
     # The interpreter's cost is per program, not per element: it runs the same kernels on larger blocks.
     block = 64 if INTERPRETED else (64 if block_d <= 64 else 32)
-    return dict(ACC=acc, DOT_PRECISION=precision, UPCAST=upcast, BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
+    config = dict(ACC=acc, DOT_PRECISION=precision, UPCAST=upcast, BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
+    return {**config, **TUNING}
+
+
+#: Overrides of the launch configuration (BLOCK_M, BLOCK_N, DOT_PRECISION, num_warps, num_stages) for tuning runs
+#: (benchmarks/tune_gpu.py); empty in normal use.
+TUNING: dict = {}
 
 
 def _normalized(a: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

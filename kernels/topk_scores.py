@@ -47,7 +47,7 @@ def _topk_scores_kernel(
     q_ptr, k_ptr, rowptr_ptr, col_ptr, out_values_ptr, out_index_ptr,
     num_queries, num_keys, d, k,
     HAS_EXCLUDE: tl.constexpr, EXCLUDE_DIAGONAL: tl.constexpr, K_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_queries
@@ -72,7 +72,7 @@ def _topk_scores_kernel(
                 k_ptr + cols.to(tl.int64)[None, :] * d + (d0 + offs_d)[:, None],
                 mask=col_mask[None, :] & d_mask[:, None], other=0.0,
             )  # fmt: skip
-            scores = tl.dot(a, b, scores, input_precision="ieee")
+            scores = tl.dot(a, b, scores, input_precision=DOT_PRECISION)
         keep = row_mask[:, None] & col_mask[None, :]
         if EXCLUDE_DIAGONAL:
             keep = keep & (rows[:, None] != cols[None, :])
@@ -107,6 +107,11 @@ def _topk_scores_kernel(
         tl.store(out_values_ptr + out_offsets, tl.where(empty, float("-inf"), value), mask=row_mask)
         tl.store(out_index_ptr + out_offsets, tl.where(empty, -1, index), mask=row_mask)
 
+#: Overrides of the launch configuration (BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION, num_warps, num_stages) for
+#: tuning runs (benchmarks/tune_gpu.py); empty in normal use.
+TUNING: dict = {}
+
+
 def topk_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -134,11 +139,11 @@ def topk_scores(
     block_m, block_n, max_block_d = (64, 128, 512) if INTERPRETED else (32, 64, 64)
     block_d = min(max(triton.next_power_of_2(d), 16), max_block_d)
     has_exclude = exclude_rowptr is not None
-    grid = (triton.cdiv(num_queries, block_m),)
+    config = {**dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION="ieee"), **TUNING}
+    grid = (triton.cdiv(num_queries, config["BLOCK_M"]),)
     _topk_scores_kernel[grid](
         queries, keys, exclude_rowptr if has_exclude else values, exclude_col if has_exclude else values,
         values, indices, num_queries, num_keys, d, k,
-        HAS_EXCLUDE=has_exclude, EXCLUDE_DIAGONAL=bool(exclude_diagonal), K_PAD=k_pad,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_EXCLUDE=has_exclude, EXCLUDE_DIAGONAL=bool(exclude_diagonal), K_PAD=k_pad, **config,
     )  # fmt: skip
     return values, indices
