@@ -33,6 +33,8 @@ def implementations() -> dict:
     for backend, devices in mmrec_fast.available().items():
         if backend == "reference" or DEVICE not in devices or (backend == "triton" and DEVICE == "cpu"):
             continue  # the Triton interpreter is a correctness tool, not a speed one
+        if (backend, DEVICE) not in mmrec_fast.backends.OPS["info_nce"].dtypes:
+            continue  # no native CUDA info_nce: Triton serves the GPU
         impls[f"mmrec_fast {backend} fused"] = (lambda be: lambda a, b: mmrec_fast.info_nce(a, b, TEMPERATURE, backend=be))(backend)
         impls[f"mmrec_fast {backend} recompute"] = (
             lambda be: lambda a, b: mmrec_fast.info_nce(a, b, TEMPERATURE, reduction="none", backend=be).mean()

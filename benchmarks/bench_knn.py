@@ -89,6 +89,8 @@ def knn_implementation(name: str):
             pytest.skip("the ablation runs the native CPU kernels")
         return native_without_symmetry
     backend = name.split()[-1]
+    if (backend, DEVICE) not in mmrec_fast.backends.OPS["knn"].dtypes:
+        pytest.skip(f"knn has no {backend} kernel for {DEVICE}")
     if DEVICE not in mmrec_fast.available()[backend] or (backend == "triton" and DEVICE == "cpu"):
         pytest.skip(f"{name} does not run on {DEVICE} here (the Triton interpreter is a correctness tool)")
     return lambda x, k: mmrec_fast.knn(x, k, backend=backend)
@@ -145,6 +147,8 @@ def topk_implementation(name: str):
     if name == "torch matmul+mask+topk (MMRec batches of 4096)":
         return lambda u, i, g, p: torch_score_mask_topk(u, i, p, TOPK_K, MMREC_EVAL_BATCH)
     backend = name.split()[-1]
+    if (backend, DEVICE) not in mmrec_fast.backends.OPS["topk_scores"].dtypes:
+        pytest.skip(f"topk_scores has no {backend} kernel for {DEVICE}")
     if DEVICE not in mmrec_fast.available()[backend] or (backend == "triton" and DEVICE == "cpu"):
         pytest.skip(f"{name} does not run on {DEVICE} here (the Triton interpreter is a correctness tool)")
     return lambda u, i, g, p: mmrec_fast.topk_scores(u, i, TOPK_K, exclude=g, backend=backend)

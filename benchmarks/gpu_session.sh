@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests profile tune bench-propagate
 #                                              bench-info_nce bench-knn (default: all but profile and tune)
 #   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
+#   BENCH_K=<pytest -k expression>             which benchmarks (default: all)
 #
 # Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere).
 # Data: MMREC_FAST_DATA if set, else ./.gpudata when present (a git-ignored copy of ../shared/data carried to the
@@ -60,7 +61,7 @@ for s in $STEPS; do
       ;;
     bench-*)
       op=${s#bench-}
-      step "$s" 300 "$PY" -m pytest "benchmarks/bench_$op.py" -q -p no:cacheprovider \
+      step "$s" 300 "$PY" -m pytest "benchmarks/bench_$op.py" -q -p no:cacheprovider ${BENCH_K:+-k "$BENCH_K"} \
         --benchmark-json="$OUT/$s.json" --benchmark-columns=median,iqr,rounds
       sed -n '/mmrec_fast ratios/,$p' "$OUT/$s.log"
       ;;
