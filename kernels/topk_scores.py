@@ -131,6 +131,11 @@ def _launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
 TUNING: dict = {}
 
 
+def launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
+    """The launch configuration, with the TUNING overrides applied."""
+    return {**_launch_config(d, k_pad, dtype), **TUNING}
+
+
 def topk_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -155,7 +160,7 @@ def topk_scores(
         return values, indices
     k_pad = max(2, triton.next_power_of_2(k))
     has_exclude = exclude_rowptr is not None
-    config = {**_launch_config(d, k_pad, queries.dtype), **TUNING}
+    config = launch_config(d, k_pad, queries.dtype)
     grid = (triton.cdiv(num_queries, config["BLOCK_M"]),)
     _topk_scores_kernel[grid](
         queries, keys, exclude_rowptr if has_exclude else values, exclude_col if has_exclude else values,

@@ -131,6 +131,24 @@ def test_parity_shapes(backend, device, batch, d):
     check_parity(backend, device, torch.float64, batch, d, (True, True, True), "none", temperature=0.5)
 
 
+TRITON = [p for p in PAIRS if p[0] == "triton"] or [pytest.param("triton", "cpu", marks=pytest.mark.skip("triton not runnable"))]
+
+
+@pytest.mark.parametrize("backend,device", TRITON)
+@pytest.mark.parametrize("block_m,block_n", [(64, 32), (32, 32), (32, 64)])
+def test_triton_gpu_block_shapes(backend, device, block_m, block_n, monkeypatch):
+    """The GPU's launch shapes (kernels.info_nce._config: 64 x 32 at d <= 128, 32 x 32 above; rows and columns of
+    different block sizes) on whatever runs Triton here, the interpreter included, for every variant."""
+    from mmrec_fast.kernels import info_nce as kernels
+
+    monkeypatch.setitem(kernels.TUNING, "BLOCK_M", block_m)
+    monkeypatch.setitem(kernels.TUNING, "BLOCK_N", block_n)
+    assert (kernels._config(torch.zeros(1, 33))["BLOCK_M"], kernels._config(torch.zeros(1, 33))["BLOCK_N"]) == (block_m, block_n)
+    for variant in [(True, False, False), (True, True, True), (False, True, False)]:
+        check_parity(backend, device, torch.float32, 70, 33, variant, "none")
+        check_parity(backend, device, torch.float64, 45, 7, variant, "mean")
+
+
 @pytest.mark.parametrize("backend,device", PAIRS)
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 @pytest.mark.parametrize("variant", [(True, False, False), (True, True, True), (False, False, False)], ids=str)

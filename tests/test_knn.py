@@ -343,6 +343,21 @@ def test_native_operator_checks_its_arguments():
 
 
 @pytest.mark.parametrize("backend,device", [p for p in PAIRS if p[0] == "triton"] or [pytest.param("triton", "cpu", marks=pytest.mark.skip("triton not runnable"))])
+@pytest.mark.parametrize("block_m,block_n,block_d", [(128, 128, 32), (64, 64, 64), (32, 64, 64)])
+def test_triton_gpu_block_shapes(backend, device, block_m, block_n, block_d, monkeypatch):
+    """The GPU's launch shapes (kernels.topk_scores._launch_config, by k) on whatever runs Triton here, the
+    interpreter included: exact agreement with the reference, ties included, d spanning several BLOCK_D slices."""
+    from mmrec_fast.kernels import topk_scores as kernels
+
+    for name, value in (("BLOCK_M", block_m), ("BLOCK_N", block_n), ("BLOCK_D", block_d)):
+        monkeypatch.setitem(kernels.TUNING, name, value)
+    assert kernels.launch_config(80, 64, torch.float32)["BLOCK_M"] == block_m
+    x = dyadic_features(300, 80, "duplicated", seed=13).float()
+    for k in (1, 10, 50):
+        assert_exactly_reference(x, k, True, backend, torch.float32, device)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in PAIRS if p[0] == "triton"] or [pytest.param("triton", "cpu", marks=pytest.mark.skip("triton not runnable"))])
 def test_triton_k_limit_is_a_clear_error(backend, device):
     from mmrec_fast.kernels.topk_scores import MAX_K
 
