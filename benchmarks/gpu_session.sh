@@ -8,7 +8,8 @@
 #   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
 #   BENCH_K=<pytest -k expression>             which benchmarks (default: all)
 #
-# Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere).
+# Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere),
+# packed at the end into $OUT/gpu-session.tar.gz beside summary.txt and machine.txt.
 # Data: MMREC_FAST_DATA if set, else ./.gpudata when present (a git-ignored copy of ../shared/data carried to the
 # device machine, which does not have ../shared), else the benchmarks that need Baby skip.
 set -u
@@ -69,3 +70,6 @@ for s in $STEPS; do
 done
 echo "== summary"
 cat "$SUMMARY"
+# The device tool brings back at most 8 files: everything else travels in one archive.
+(cd "$OUT" && tar czf gpu-session.tar.gz --exclude=gpu-session.tar.gz --exclude=summary.txt --exclude=machine.txt . \
+  && find . -type f ! -name gpu-session.tar.gz ! -name summary.txt ! -name machine.txt -delete)
