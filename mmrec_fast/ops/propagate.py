@@ -155,7 +155,8 @@ def propagate(
 
     Returns:
         (m, d) tensor of x's dtype. The native and Triton kernels accumulate in fp32 (fp64 for fp64), keep two
-        (n, d) buffers whatever L is, and their backward saves nothing but the graph.
+        (n, d) buffers whatever L is (on a GPU also a scratch of at most 2 nnz / 128 rows: the partial sums of
+        rows longer than 128 edges), and their backward saves nothing but the graph.
     """
     weights = combine_weights(combine, num_layers)
     _check(graph, x, weights, "propagate")
