@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import mmrec_fast
 
-from conftest import DEVICE, peak_tensor_memory, synchronize
+from conftest import DEVICE, benchmarked_backends, peak_tensor_memory, synchronize
 
 TEMPERATURE = 0.2
 MENTOR_USERS = 19_445  # users of Amazon Baby: MENTOR's InfoNCE runs over all of them every batch
@@ -30,11 +30,7 @@ def naive(a, b):
 
 def implementations() -> dict:
     impls = {"naive torch (normalize, mm, cross_entropy)": naive}
-    for backend, devices in mmrec_fast.available().items():
-        if backend == "reference" or DEVICE not in devices or (backend == "triton" and DEVICE == "cpu"):
-            continue  # the Triton interpreter is a correctness tool, not a speed one
-        if (backend, DEVICE) not in mmrec_fast.backends.OPS["info_nce"].dtypes:
-            continue  # no native CUDA info_nce: Triton serves the GPU
+    for backend in benchmarked_backends("info_nce"):
         impls[f"mmrec_fast {backend} fused"] = (lambda be: lambda a, b: mmrec_fast.info_nce(a, b, TEMPERATURE, backend=be))(backend)
         impls[f"mmrec_fast {backend} recompute"] = (
             lambda be: lambda a, b: mmrec_fast.info_nce(a, b, TEMPERATURE, reduction="none", backend=be).mean()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrec_fast  # noqa: E402
 from mmrec_fast import Graph  # noqa: E402
 
-from conftest import DEVICE, baby_train_interactions, synchronize  # noqa: E402
+from conftest import DEVICE, baby_train_interactions, benchmarked_backends, synchronize  # noqa: E402
 
 KNN_K, TOPK_K, TOPK_DIM = 10, 50, 64
 KNN_CASES = {"baby-image": (7050, 4096), "baby-text": (7050, 384), "50k-text": (50000, 384), "100k-text": (100000, 384)}
@@ -89,10 +89,8 @@ def knn_implementation(name: str):
             pytest.skip("the ablation runs the native CPU kernels")
         return native_without_symmetry
     backend = name.split()[-1]
-    if (backend, DEVICE) not in mmrec_fast.backends.OPS["knn"].dtypes:
-        pytest.skip(f"knn has no {backend} kernel for {DEVICE}")
-    if DEVICE not in mmrec_fast.available()[backend] or (backend == "triton" and DEVICE == "cpu"):
-        pytest.skip(f"{name} does not run on {DEVICE} here (the Triton interpreter is a correctness tool)")
+    if backend not in benchmarked_backends("knn"):
+        pytest.skip(f"{name} is not benchmarked on {DEVICE} here (not implemented or built there, or the Triton interpreter)")
     return lambda x, k: mmrec_fast.knn(x, k, backend=backend)
 
 
@@ -147,10 +145,8 @@ def topk_implementation(name: str):
     if name == "torch matmul+mask+topk (MMRec batches of 4096)":
         return lambda u, i, g, p: torch_score_mask_topk(u, i, p, TOPK_K, MMREC_EVAL_BATCH)
     backend = name.split()[-1]
-    if (backend, DEVICE) not in mmrec_fast.backends.OPS["topk_scores"].dtypes:
-        pytest.skip(f"topk_scores has no {backend} kernel for {DEVICE}")
-    if DEVICE not in mmrec_fast.available()[backend] or (backend == "triton" and DEVICE == "cpu"):
-        pytest.skip(f"{name} does not run on {DEVICE} here (the Triton interpreter is a correctness tool)")
+    if backend not in benchmarked_backends("topk_scores"):
+        pytest.skip(f"{name} is not benchmarked on {DEVICE} here (not implemented or built there, or the Triton interpreter)")
     return lambda u, i, g, p: mmrec_fast.topk_scores(u, i, TOPK_K, exclude=g, backend=backend)
 
 

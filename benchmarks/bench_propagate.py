@@ -14,7 +14,9 @@ import torch
 import mmrec_fast
 from mmrec_fast import Graph
 
-from conftest import DEVICE, baby_train_interactions, peak_tensor_memory, powerlaw_interactions, synchronize
+from conftest import (
+    DEVICE, baby_train_interactions, benchmarked_backends, peak_tensor_memory, powerlaw_interactions, synchronize,
+)  # fmt: skip
 
 NUM_LAYERS, DIM = 3, 64
 _graphs: dict[str, Graph] = {}
@@ -49,11 +51,8 @@ def implementations(graph: Graph) -> dict:
     }
     if DEVICE == "cpu":
         impls["torch CSR spmm_reduce"] = layers_then_mean(lambda h: torch.sparse.mm(csr, h, reduce="sum"))
-    for backend in mmrec_fast.available():
-        if backend != "reference" and DEVICE in mmrec_fast.available()[backend]:
-            if backend == "triton" and DEVICE == "cpu":
-                continue  # the interpreter is a correctness tool, not a speed one
-            impls[f"mmrec_fast {backend}"] = (lambda b: lambda x: mmrec_fast.propagate(graph, x, NUM_LAYERS, "mean", backend=b))(backend)
+    for backend in benchmarked_backends("propagate"):
+        impls[f"mmrec_fast {backend}"] = (lambda b: lambda x: mmrec_fast.propagate(graph, x, NUM_LAYERS, "mean", backend=b))(backend)
     return impls
 
 

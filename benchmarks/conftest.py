@@ -26,6 +26,18 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def benchmarked_backends(op: str) -> list[str]:
+    """The mmrec_fast backends timed for `op` here: those that implement it on DEVICE and can run, leaving out the
+    reference and the Triton interpreter (a correctness tool, not a speed one)."""
+    import mmrec_fast
+
+    runnable, implemented = mmrec_fast.available(), mmrec_fast.backends.OPS[op].dtypes
+    return [
+        b for b in ("native", "triton")
+        if DEVICE in runnable[b] and (b, DEVICE) in implemented and not (b == "triton" and DEVICE == "cpu")
+    ]  # fmt: skip
+
+
 def data_root() -> Path | None:
     for candidate in (os.environ.get("MMREC_FAST_DATA"), REPO.parent / "shared" / "data"):
         if candidate and Path(candidate).is_dir():
@@ -81,12 +93,10 @@ def peak_tensor_memory(fn) -> tuple[float, float]:
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
     timeline = MemoryProfileTimeline(prof._memory_profile())
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    _, sizes = timeline._coalesce_timeline(device)
+    _, sizes = timeline._coalesce_timeline(torch.device("cpu"))
     totals = np.asarray(sizes, dtype=np.float64).sum(axis=1)
     return float(totals[0]), float(totals.max())
 
