@@ -108,14 +108,13 @@ def _topk_scores_kernel(
         tl.store(out_values_ptr + out_offsets, tl.where(empty, float("-inf"), value), mask=row_mask)
         tl.store(out_index_ptr + out_offsets, tl.where(empty, -1, index), mask=row_mask)
 
-def _launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
+def _launch_config(d: int, k_pad: int) -> dict:
     """Block shapes, warps and dot precision. On a GPU (H100 sweep, benchmarks/tune_gpu.py, knn N=50,000 d=384
     k=10): fp32 tiles as 3xTF32 products (tensor cores, error at fp32 level: 4.8e-7 against float64, exact on the
     dyadic parity features) run 8x faster than exact FMA products ("ieee"), and 128 x 128 tiles beat 32 x 64 ones
     where the kept keys are few (k <= 16); more kept keys per row need smaller row blocks (registers)."""
     if INTERPRETED:  # the interpreter's cost is per program and per loop step: larger blocks, numpy products
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=min(max(triton.next_power_of_2(d), 16), 512), DOT_PRECISION="ieee")
-    precision = "tf32x3" if dtype == torch.float32 else "ieee"
     if k_pad <= 16:
         block_m, block_n, block_d, warps = 128, 128, 32, 8
     elif k_pad <= 64:
@@ -123,7 +122,7 @@ def _launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
     else:
         block_m, block_n, block_d, warps = 32, 64, 64, 4
     block_d = min(max(triton.next_power_of_2(d), 16), block_d)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION=precision, num_warps=warps)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION="tf32x3", num_warps=warps)
 
 
 #: Overrides of the launch configuration (BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION, num_warps, num_stages) for
@@ -131,9 +130,9 @@ def _launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
 TUNING: dict = {}
 
 
-def launch_config(d: int, k_pad: int, dtype: torch.dtype) -> dict:
-    """The launch configuration, with the TUNING overrides applied."""
-    return {**_launch_config(d, k_pad, dtype), **TUNING}
+def launch_config(d: int, k_pad: int) -> dict:
+    """The launch configuration (the kernel takes fp32 rows only), with the TUNING overrides applied."""
+    return {**_launch_config(d, k_pad), **TUNING}
 
 
 def topk_scores(
@@ -160,7 +159,7 @@ def topk_scores(
         return values, indices
     k_pad = max(2, triton.next_power_of_2(k))
     has_exclude = exclude_rowptr is not None
-    config = launch_config(d, k_pad, queries.dtype)
+    config = launch_config(d, k_pad)
     grid = (triton.cdiv(num_queries, config["BLOCK_M"]),)
     _topk_scores_kernel[grid](
         queries, keys, exclude_rowptr if has_exclude else values, exclude_col if has_exclude else values,

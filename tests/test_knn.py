@@ -351,7 +351,7 @@ def test_triton_gpu_block_shapes(backend, device, block_m, block_n, block_d, mon
 
     for name, value in (("BLOCK_M", block_m), ("BLOCK_N", block_n), ("BLOCK_D", block_d)):
         monkeypatch.setitem(kernels.TUNING, name, value)
-    assert kernels.launch_config(80, 64, torch.float32)["BLOCK_M"] == block_m
+    assert kernels.launch_config(80, 64)["BLOCK_M"] == block_m
     x = dyadic_features(300, 80, "duplicated", seed=13).float()
     for k in (1, 10, 50):
         assert_exactly_reference(x, k, True, backend, torch.float32, device)
