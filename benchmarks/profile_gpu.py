@@ -14,14 +14,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import mmrec_fast  # noqa: E402
-
-from bench_propagate import DIM, NUM_LAYERS, graph_named, implementations  # noqa: E402
 
 
 def wall_ms(fn, rounds=30):
+    """Median wall time of fn() in ms, the GPU synchronised before and after each call (also used by tune_gpu.py)."""
     times = []
     for _ in range(rounds):
         torch.cuda.synchronize()
@@ -33,6 +29,10 @@ def wall_ms(fn, rounds=30):
 
 
 def main(graph_names):
+    # Imported here, not at the top: tune_gpu.py imports wall_ms from this module without the benchmarks' conftest.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_propagate import DIM, NUM_LAYERS, graph_named, implementations
+
     for name in graph_names:
         graph = graph_named(name)
         x = torch.randn(graph.shape[0], DIM, device="cuda", requires_grad=True)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +20,7 @@ from triton.testing import do_bench
 import mmrec_fast
 from mmrec_fast.kernels import info_nce as info_nce_kernels
 from mmrec_fast.kernels import topk_scores as topk_kernels
+from profile_gpu import wall_ms  # this folder is on sys.path when the script runs
 
 TEMPERATURE = 0.2
 results: list[dict] = []
@@ -86,17 +85,6 @@ def knn_configs():
     yield dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=64, num_warps=8, DOT_PRECISION="tf32")
 
 
-def seconds(fn, rounds=3):
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def tune_knn():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     from test_knn import dyadic_features  # exact scores in any precision with >= 8 mantissa bits
@@ -113,9 +101,9 @@ def tune_knn():
         for start in range(0, n, 2048):
             torch.topk(x_hat[start : start + 2048] @ x_hat.T, k, dim=-1)
 
-    torch_s = seconds(chunked_torch)
-    print(f"knn N={n} d={d} k={k}: torch mm+topk in 2048-row chunks {torch_s * 1e3:.1f} ms")
-    results.append(dict(op="knn", n=n, d=d, config="torch mm+topk chunks", ms=torch_s * 1e3))
+    torch_ms = wall_ms(chunked_torch, rounds=3)
+    print(f"knn N={n} d={d} k={k}: torch mm+topk in 2048-row chunks {torch_ms:.1f} ms")
+    results.append(dict(op="knn", n=n, d=d, config="torch mm+topk chunks", ms=torch_ms))
     for config in knn_configs():
         topk_kernels.TUNING.clear()
         topk_kernels.TUNING.update(config)
@@ -123,12 +111,12 @@ def tune_knn():
             values, indices = mmrec_fast.knn(dyadic.cuda(), k, backend="triton")
             exact = bool(torch.equal(indices.cpu(), expected[1]) and torch.equal(values.cpu(), expected[0]))
             value_err = (mmrec_fast.knn(gauss.cuda(), k, backend="triton")[0].cpu().double() - gauss_truth).abs().max().item()
-            s = seconds(lambda: mmrec_fast.knn(x, k, backend="triton"))
+            ms = wall_ms(lambda: mmrec_fast.knn(x, k, backend="triton"), rounds=3)
         except Exception as error:
             print(f"   {config}: FAILED {type(error).__name__}: {str(error)[:120]}")
             continue
-        print(f"   {s * 1e3:8.1f} ms  x{torch_s / s:5.2f} vs torch  exact={exact} max value error {value_err:.1e}  {config}")
-        results.append(dict(op="knn", n=n, d=d, config=config, ms=s * 1e3, exact=exact, value_error=value_err, vs_torch=torch_s / s))
+        print(f"   {ms:8.1f} ms  x{torch_ms / ms:5.2f} vs torch  exact={exact} max value error {value_err:.1e}  {config}")
+        results.append(dict(op="knn", n=n, d=d, config=config, ms=ms, exact=exact, value_error=value_err, vs_torch=torch_ms / ms))
     topk_kernels.TUNING.clear()
 
 
