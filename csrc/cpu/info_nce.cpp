@@ -8,10 +8,11 @@
 //   AA = s X X^T without its diagonal (intra-view negatives, GRACE/MMSSL): more a->b denominator terms;
 //   BB = s Y Y^T without its diagonal (intra-view negatives, symmetric): more b->a denominator terms.
 // What it fuses and what it follows:
-//  * Tiles, Inf-CL style (Wang et al., "Breaking the Memory Barrier", arXiv 2410.17243): each tile is a dense
-//    GEMM (at::mm_out -> MKL on a (rows x chunk) view) followed, while it is in L2, by a vectorised exp and the
-//    online log-sum-exp update (running max per row, Milakov & Gimelshein "Online normalizer calculation for
-//    softmax"); the forward keeps only the per-row (and, symmetric, per-column) max and sum.
+//  * Tiles, Inf-CL style (Wang et al., "Breaking the Memory Barrier", arXiv 2410.17243): each logit tile is a
+//    register-blocked GEMM (tile_gemm.h, on rows packed once per call) followed, while it is in L2, by a
+//    vectorised exp and the online log-sum-exp update (running max per row, Milakov & Gimelshein "Online
+//    normalizer calculation for softmax"); the forward keeps only the per-row (and, symmetric, per-column) max
+//    and sum.
 //  * Backward from the saved log-sum-exps: each tile is recomputed, P = exp(logit - lse) and the logit gradient
 //    dL = g (P - I) are formed in place, then two GEMMs on the same in-cache tile: dX_I += dL Y_J (rows owned by
 //    the task) and dY_J += dL^T X_I. The second one crosses row blocks: instead of atomics or a second,
@@ -19,25 +20,28 @@
 //    number G of task groups accumulates it into its own (B, d) partial buffer, summed in group order at the end.
 //    G comes from a memory budget and the shapes only, never from the thread count, and every sum runs in a fixed
 //    order: results are bitwise identical run to run and for any number of threads.
+//  * All three products go through tile_gemm.h instead of a BLAS call per tile: its operands are packed once per
+//    call (x and y by rows and by columns) and dL^T once per tile, where MKL's sgemm repacked both operands of
+//    every tile product (its copy routines took ~18% of the forward + backward, its kernel ~48%). Measured with
+//    the SLMRec form, float32, forward + backward, on the 2-core Zen 4 VM (2026-11-22; medians, benchmarks/
+//    bench_info_nce.py, naive torch in the same run): B = 8192, d = 64: MKL tiles 279 ms -> tile_gemm 264 ms
+//    (naive 653 ms and 846 ms in the two runs); MENTOR (B = 19,445, d = 128): 2.49 s -> 1.82 s.
 //  * Gradient in the forward (info_nce_fused), used for reductions "mean"/"sum" when the inputs need a gradient
-//    (upstream weights uniform, so the gradient is known up to the scalar grad_output): for the one-way loss a
-//    task keeps its whole row strip of exp(logit - shift) (kRowBlock x B per matrix, from a budget), so the row
-//    log-sum-exp is final when the strip is done and the gradient GEMMs follow without recomputing the tile.
-//    That is 3 GEMMs and 1 exp per logit for forward + backward, against 4 GEMMs and 2 exps for a forward that
-//    saves log-sum-exps and a backward that recomputes (used for reduction "none", whose per-row upstream is
-//    unknown in the forward). Chosen on measurements, fwd + bwd, SLMRec form, float32, on the shared 2-core
-//    machine (heavily loaded by other jobs: absolute times are 2-4x a quiet machine's). The two paths interleaved
-//    in one process (medians; min in brackets), d = 64: B = 1024: fused 43 ms [26], recompute 130 ms [38];
-//    B = 2048: 182 [133] vs 215 [168]; B = 8192: 1.88 s [1.80] vs 2.36 s [2.19]. benchmarks/bench_info_nce.py
-//    (medians): B = 2048: 215 ms vs 328 ms; B = 8192: 2.04 s vs 2.45 s (d = 128: 3.26 s vs 4.05 s); MENTOR
-//    (B = 19,445, d = 128): 9.1 s vs 17.5 s. perf puts ~85% of the fused path's time in MKL's sgemm (kernel +
-//    packing): the GEMM count is what matters. Symmetric losses need the column log-sum-exps before any
-//    gradient, so they run the statistics pass, then the gradient pass (no strip).
+//    (upstream weights uniform, so the gradient is known up to the scalar grad_output): the row log-sum-exps are
+//    final once a task has seen its rows' whole strip, and with a fixed shift (below) dL_ij = alpha_i E_ij -
+//    coef_i [i == j], E_ij = exp(s x_i.y_j - s), alpha_i = coef_i exp(s - lse_i): dX_I = alpha (E Y) is
+//    accumulated chunk by chunk while the chunk is in L2 (row scale at the end), and E^T is kept, packed, for
+//    dY += E^T (alpha X_I), the one product that needs the final alpha. 3 GEMMs and 1 exp per logit for forward
+//    + backward, against 4 GEMMs and 2 exps for a forward that saves log-sum-exps and a backward that recomputes
+//    (used for reduction "none", whose per-row upstream is unknown in the forward). Raw logits (no fixed shift)
+//    keep the strip of exp(logit - running max) and form dL from it at the end. Measured as above: B = 8192:
+//    fused 264 ms vs recompute 258 ms (a tie at this size); MENTOR: 1.82 s vs 2.36 s; B = 1024: 5.4 ms vs
+//    7.0 ms. Symmetric losses need the column log-sum-exps before any gradient, so they run the statistics pass,
+//    then the gradient pass (no strip).
 //  * Fixed shift (the fixed-max trick, KERNEL_ANCHORS.md section 2): normalised rows bound every logit by s, so
-//    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max. The fused
-//    forward then folds the per-row factor exp(s - lse_i) into the gradient GEMMs (the strip is never
-//    rewritten), and a symmetric statistics pass sums the same exps down the columns (one exp per logit for both
-//    directions). Raw logits and smaller t use the running max (per row; per column and group for symmetric).
+//    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max; a symmetric
+//    statistics pass sums the same exps down the columns (one exp per logit for both directions). Raw logits and
+//    smaller t use the running max (per row; per column and group for symmetric).
 //  * The temperature gradient needs no extra pass: the loss depends on (s, x, y) through s q(x, y) with q of
 //    degree 2, so sum_i x_i . dx_i + y_i . dy_i = 2 s dloss/ds, i.e. dloss/dt = -(that sum) / (2 t).
 //  * Row blocks are taken by whichever thread is free (groups from a shared counter): on a shared machine a
@@ -47,6 +51,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "tile_gemm.h"
 
 #include <algorithm>
 #include <atomic>
@@ -234,6 +240,11 @@ template <typename T>
 struct Problem {
   int64_t B, d;
   at::Tensor x, y;  // (B, d) contiguous: rows of a and b, normalised when asked
+  // The same rows packed once for tile_gemm.h: by rows (logit tiles x_I y_J^T) and, when gradients are taken, by
+  // columns (the right factors of dX_I += dL Y_J and dY_J += dL^T X_I); gradients are accumulated in (B, dp)
+  // buffers, dp = d rounded up to a whole panel.
+  at::Tensor rows_x, rows_y, columns_x, columns_y;
+  int64_t dp;
   T s;              // 1 / temperature
   bool symmetric, intra;
   int64_t groups;
@@ -255,12 +266,19 @@ Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double tempera
   p.d = x.size(1);
   p.x = x;
   p.y = y;
+  p.rows_x = tile_gemm::pack_rows(x.data_ptr<T>(), p.B, p.d);
+  p.rows_y = tile_gemm::pack_rows(y.data_ptr<T>(), p.B, p.d);
+  if (num_partials > 0) {
+    p.columns_x = tile_gemm::pack_columns(x.data_ptr<T>(), p.B, p.d);
+    p.columns_y = tile_gemm::pack_columns(y.data_ptr<T>(), p.B, p.d);
+  }
+  p.dp = tile_gemm::round_up(p.d, tile_gemm::kGroup<T>);
   p.s = static_cast<T>(1.0 / temperature);
   p.symmetric = symmetric;
   p.intra = intra;
   p.fixed_shift = normalize && static_cast<double>(p.s) <= (sizeof(T) == 4 ? 40.0 : 300.0);
   const int64_t blocks = (p.B + kRowBlock - 1) / kRowBlock;
-  const int64_t per_group = std::max<int64_t>(1, p.B * p.d * static_cast<int64_t>(sizeof(T)) * num_partials);
+  const int64_t per_group = std::max<int64_t>(1, p.B * p.dp * static_cast<int64_t>(sizeof(T)) * num_partials);
   p.groups = std::max<int64_t>(1, std::min({blocks, kMaxGroups, kPartialBytes / per_group}));
   // A multiple of the lane count: vector passes over a chunk of a strip never spill into the next chunk.
   p.chunk = std::max<int64_t>(1, kTileBytes / (kRowBlock * static_cast<int64_t>(sizeof(T))) / Simd<T>::kLanes) *
@@ -288,10 +306,35 @@ void for_each_group(int64_t B, int64_t row_block, int64_t groups, F body) {
   });
 }
 
+// Leading dimension of a tile buffer of `columns` columns: whole panels plus one cache line, so that the rows of a
+// tile do not all fall into the same L1 sets (rows 1 KiB or 32 KiB apart do; measured on dY += dL^T X, the
+// product reading the tile's columns: 39 -> 64 GFLOP/s).
+template <typename T>
+int64_t tile_ld(int64_t columns) {
+  return tile_gemm::round_up(columns, tile_gemm::kGroup<T>) + 64 / static_cast<int64_t>(sizeof(T));
+}
+
+// Rows a tile buffer of br logit rows needs: tile_gemm.h computes and reads rows 4 at a time.
+inline int64_t tile_rows(int64_t br) { return tile_gemm::round_up(br, tile_gemm::kMicroRows); }
+
+// Raw logit tile of `pair` (values x_i . y_j, without the scale s) for rows [i0, i1) and columns [j0, j0 + bc) into
+// t (leading dimension ld; rows past i1 up to a multiple of 4 get the zero rows of the packing); the intra-view
+// diagonals, which are no negatives, set to -inf.
+template <typename T>
+void logit_tile(const Problem<T>& p, Pair pair, int64_t i0, int64_t i1, int64_t j0, int64_t bc, T* t, int64_t ld) {
+  constexpr int64_t G = tile_gemm::kGroup<T>;
+  const T* rows = (pair == Pair::BB ? p.rows_y : p.rows_x).template data_ptr<T>();
+  const T* others = (pair == Pair::AA ? p.rows_x : p.rows_y).template data_ptr<T>();
+  tile_gemm::gemm_tile(rows, i0, i1 - i0, others, j0 / G, (bc + G - 1) / G, p.d, t, ld);
+  if (pair != Pair::AB) {
+    for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
+  }
+}
+
 // ---- statistics pass: per-row log-sum-exp of side a (AB rows + AA) and, symmetric, of side b (AB columns + BB).
 template <typename T>
 void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
-  const int64_t B = p.B, chunk = p.chunk, ld = padded<T>(chunk);
+  const int64_t B = p.B, chunk = p.chunk, ld = tile_ld<T>(chunk);
   std::vector<T> row_m(2 * B, T(kNegInf)), row_l(2 * B, T(0));  // [side a | side b] row statistics
   const int64_t cols = padded<T>(B);
   std::vector<T> col_m, col_l;  // (groups, cols): AB column statistics of each group
@@ -301,23 +344,17 @@ void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
   }
   for_each_group(B, kRowBlock, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
     const int64_t br = i1 - i0;
-    at::Tensor tile = at::empty({br, ld}, p.x.options());
+    at::Tensor tile = at::empty({tile_rows(br), ld}, p.x.options());
     T* t = tile.data_ptr<T>();
     std::vector<Pair> pairs{Pair::AB};
     if (p.intra) pairs.push_back(Pair::AA);
     if (p.intra && p.symmetric) pairs.push_back(Pair::BB);
     for (Pair pair : pairs) {
-      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
-      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
       T* m = row_m.data() + (pair == Pair::BB ? B : 0);
       T* l = row_l.data() + (pair == Pair::BB ? B : 0);
       for (int64_t j0 = 0; j0 < B; j0 += chunk) {
         const int64_t bc = std::min(chunk, B - j0);
-        at::Tensor out = tile.narrow(1, 0, bc);
-        at::mm_out(out, rows.narrow(0, i0, br), others.narrow(0, j0, bc).t());
-        if (pair != Pair::AB) {  // the self term is not a negative
-          for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
-        }
+        logit_tile(p, pair, i0, i1, j0, bc, t, ld);
         if (pair == Pair::AB && p.symmetric && !p.fixed_shift) {
           column_update(t, ld, br, bc, p.s, col_m.data() + g * cols + j0, col_l.data() + g * cols + j0);
         }
@@ -345,7 +382,8 @@ void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
 // task keeps its row strips and writes lse_a itself.
 template <typename T>
 void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bool lse_known, T* dX, T* dY) {
-  const int64_t B = p.B, d = p.d;
+  constexpr int64_t G = tile_gemm::kGroup<T>;
+  const int64_t B = p.B, d = p.d, dp = p.dp;
   const T w_a = p.symmetric ? T(0.5) : T(1), w_b = p.symmetric ? T(0.5) : T(0);
   std::vector<Pair> pairs{Pair::AB};
   if (p.intra) pairs.push_back(Pair::AA);
@@ -359,14 +397,14 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     row_block = std::clamp<int64_t>(fit / 16 * 16, 16, kRowBlock);
     window = B;
   }
-  const int64_t ld = padded<T>(window);
+  const int64_t ld = tile_ld<T>(window);
   const at::TensorOptions options = p.x.options();
-  at::Tensor partial_x = p.intra ? at::zeros({p.groups, B, d}, options) : at::Tensor();
-  at::Tensor partial_y = at::zeros({p.groups, B, d}, options);
-  at::Tensor row_x = at::from_blob(dX, {B, d}, options);  // row-owned parts, written block by block
-  at::Tensor row_y = at::from_blob(dY, {B, d}, options);
-  row_x.zero_();
-  row_y.zero_();
+  // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and 4-row slivers): the row-owned parts (dX_I,
+  // and dY_I of intra-view BB tiles, written by block I's task only) and each group's column parts.
+  const int64_t Bp = tile_gemm::round_up(B, G);
+  at::Tensor own_x = at::zeros({Bp, dp}, options), own_y = at::zeros({Bp, dp}, options);
+  at::Tensor partial_x = p.intra ? at::zeros({p.groups, Bp, dp}, options) : at::Tensor();
+  at::Tensor partial_y = at::zeros({p.groups, Bp, dp}, options);
   const int64_t cols = padded<T>(B) + Simd<T>::kLanes;
   std::vector<T> gb_cols(cols, T(0)), lse_b_cols(cols, T(0));  // per-column vectors, padded for vector loads
   if (p.symmetric) {
@@ -377,33 +415,31 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     using S = Simd<T>;
     using V = typename S::V;
     const int64_t br = i1 - i0;
-    std::vector<at::Tensor> strips;
-    for (int64_t k = 0; k < (lse_known ? 1 : num_strips); ++k) strips.push_back(at::empty({br, ld}, options));
-    at::Tensor dx_rows = row_x.narrow(0, i0, br), dy_rows = row_y.narrow(0, i0, br);
-    at::Tensor gx = partial_x.defined() ? partial_x[g] : at::Tensor(), gy = partial_y[g];
+    std::vector<at::Tensor> strips;  // the tile (lse known), or the strips of the raw-logit fused forward
+    const int64_t num_buffers = lse_known ? 1 : (p.fixed_shift ? 0 : num_strips);
+    for (int64_t k = 0; k < num_buffers; ++k) strips.push_back(at::empty({tile_rows(br), ld}, options));
+    T* dx_rows = own_x.data_ptr<T>() + i0 * dp;
+    T* dy_rows = own_y.data_ptr<T>() + i0 * dp;
+    T* gx = partial_x.defined() ? partial_x.data_ptr<T>() + g * Bp * dp : nullptr;
+    T* gy = partial_y.data_ptr<T>() + g * Bp * dp;
+    at::Tensor transposed = at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options);
     const V lanes = S::lane_index();
 
-    // Raw tile of `pair` for columns [j0, j0 + bc) into buf (ld-strided); intra diagonals set to -inf.
-    auto compute_tile = [&](Pair pair, int64_t j0, int64_t bc, at::Tensor& buf, int64_t col0) {
-      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
-      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
-      at::Tensor out = buf.narrow(1, col0, bc);
-      at::mm_out(out, rows.narrow(0, i0, br), others.narrow(0, j0, bc).t());
-      if (pair != Pair::AB) {
-        T* t = buf.data_ptr<T>() + col0;
-        for (int64_t i = std::max(i0, j0); i < std::min(i1, j0 + bc); ++i) t[(i - i0) * ld + (i - j0)] = T(kNegInf);
+    // Gradient GEMMs of a dL tile (dl: its column 0, leading dimension ld) covering columns [j0, j0 + bc):
+    // dX_I += dL Y_J into the rows the task owns, and dY_J += dL^T (scale X_I) into the group's column part, a
+    // chunk of dL^T packed at a time (scale: per row of the tile, or null for 1).
+    auto accumulate = [&](Pair pair, int64_t j0, int64_t bc, const T* dl, const T* scale) {
+      const T* others = (pair == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
+      const T* rows = (pair == Pair::BB ? p.columns_y : p.columns_x).template data_ptr<T>();
+      T* row_grad = pair == Pair::BB ? dy_rows : dx_rows;
+      T* col_grad = pair == Pair::AA ? gx : gy;
+      tile_gemm::gemm_rows(dl, ld, br, bc, others + j0 * G, B * G, dp / G, row_grad, dp, true);
+      for (int64_t c0 = 0; c0 < bc; c0 += p.chunk) {
+        const int64_t cc = std::min(p.chunk, bc - c0);
+        tile_gemm::pack_transposed(dl + c0, ld, br, cc, scale, transposed.data_ptr<T>());
+        tile_gemm::gemm_transposed(transposed.data_ptr<T>(), cc, br, rows + i0 * G, B * G, dp / G,
+                                   col_grad + (j0 + c0) * dp, dp, true);
       }
-    };
-    // Gradient GEMMs of a dL tile (columns [j0, j0 + bc) of buf, starting at buffer column col0).
-    auto accumulate = [&](Pair pair, int64_t j0, int64_t bc, at::Tensor& buf, int64_t col0) {
-      const at::Tensor dl = buf.narrow(1, col0, bc);
-      const at::Tensor& rows = pair == Pair::BB ? p.y : p.x;
-      const at::Tensor& others = pair == Pair::AA ? p.x : p.y;
-      at::Tensor& row_grad = pair == Pair::BB ? dy_rows : dx_rows;
-      at::Tensor& col_grad = pair == Pair::AA ? gx : gy;
-      row_grad.addmm_(dl, others.narrow(0, j0, bc));
-      at::Tensor col_slice = col_grad.narrow(0, j0, bc);
-      col_slice.addmm_(dl.t(), rows.narrow(0, i0, br));
     };
     // dL in place, from the raw tile (lse known) or from the strip's exp(s x.y - shift) values times factor_i.
     auto form_dl = [&](Pair pair, int64_t j0, int64_t bc, T* t, const T* factor) {
@@ -427,60 +463,78 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     };
 
     if (lse_known) {
+      T* t = strips[0].data_ptr<T>();
       for (Pair pair : pairs) {
         for (int64_t j0 = 0; j0 < B; j0 += window) {
           const int64_t bc = std::min(window, B - j0);
-          compute_tile(pair, j0, bc, strips[0], 0);
-          form_dl(pair, j0, bc, strips[0].data_ptr<T>(), nullptr);
-          accumulate(pair, j0, bc, strips[0], 0);
+          logit_tile(p, pair, i0, i1, j0, bc, t, ld);
+          form_dl(pair, j0, bc, t, nullptr);
+          accumulate(pair, j0, bc, t, nullptr);
         }
       }
       return;
     }
-    // Fused one-way forward: whole strips, chunk by chunk, with each row's running (max, sum) and the shift each
-    // chunk was exponentiated with.
+    // Fused one-way forward, row block I against all columns, chunk by chunk, with each row's running (max, sum).
     const int64_t chunks = (B + p.chunk - 1) / p.chunk;
-    std::vector<T> m(br, T(kNegInf)), l(br, T(0)), shift(br * chunks * num_strips);
+    std::vector<T> m(br, T(kNegInf)), l(br, T(0));
+    if (p.fixed_shift) {
+      // Every chunk is exponentiated with the shift s: E_ij = exp(s x_i.y_j - s), and dL = alpha_i E_ij - coef_i
+      // [i == j] with alpha_i = coef_i exp(s - lse_i). So dX_I = alpha (E Y) is accumulated chunk by chunk while the
+      // chunk is in L2 (the row scale applied at the end), and E^T is kept, packed for dY += E^T (alpha X_I), the
+      // one product that needs the final alpha.
+      const int64_t ldt = tile_ld<T>(p.chunk);
+      at::Tensor tile = at::empty({tile_rows(br), ldt}, options);
+      T* t = tile.data_ptr<T>();
+      std::vector<at::Tensor> kept;  // per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers
+      for (int64_t k = 0; k < num_strips; ++k) {
+        kept.push_back(at::empty({tile_gemm::round_up(B, tile_gemm::kMicroRows) * br}, options));
+        const T* others = (pairs[k] == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+          logit_tile(p, pairs[k], i0, i1, j0, bc, t, ldt);
+          for (int64_t r = 0; r < br; ++r) row_update(t + r * ldt, bc, p.s, m[r], l[r], true);
+          tile_gemm::gemm_rows(t, ldt, br, bc, others + j0 * G, B * G, dp / G, dx_rows, dp, true);
+          tile_gemm::pack_transposed(t, ldt, br, bc, static_cast<const T*>(nullptr), kept[k].data_ptr<T>() + j0 * br);
+        }
+      }
+      std::vector<T> alpha(br);
+      for (int64_t r = 0; r < br; ++r) {
+        lse_a[i0 + r] = m[r] + std::log(l[r]);
+        alpha[r] = w_a * g_rows[i0 + r] * std::exp(p.s - lse_a[i0 + r]);
+      }
+      const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * at::from_blob(alpha.data(), {br, 1}, options);
+      const at::Tensor packed_scaled = tile_gemm::pack_columns(scaled_rows.data_ptr<T>(), br, d);
+      for (int64_t k = 0; k < num_strips; ++k) {
+        tile_gemm::gemm_transposed(kept[k].data_ptr<T>(), B, br, packed_scaled.data_ptr<T>(), br * G, dp / G,
+                                   pairs[k] == Pair::AA ? gx : gy, dp, true);
+      }
+      const T* x = p.x.template data_ptr<T>();
+      const T* y = p.y.template data_ptr<T>();
+      for (int64_t r = 0; r < br; ++r) {  // the row scale of dX_I, and the positives, dL_ii = -coef_i
+        const int64_t i = i0 + r;
+        const T coef = w_a * g_rows[i];
+        for (int64_t k = 0; k < d; ++k) {
+          dx_rows[r * dp + k] = dx_rows[r * dp + k] * alpha[r] - coef * y[i * d + k];
+          gy[i * dp + k] -= coef * x[i * d + k];
+        }
+      }
+      return;
+    }
+    // Otherwise (raw logits, small t) each chunk has its own shift, known per row only as the strip goes: the whole
+    // strip is kept, and dL formed from it once the log-sum-exps are final.
+    std::vector<T> shift(br * chunks * num_strips);
     for (int64_t k = 0; k < num_strips; ++k) {
       T* t = strips[k].data_ptr<T>();
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
-        compute_tile(pairs[k], j0, bc, strips[k], j0);
+        logit_tile(p, pairs[k], i0, i1, j0, bc, t + j0, ld);
         for (int64_t r = 0; r < br; ++r) {
-          row_update(t + r * ld + j0, bc, p.s, m[r], l[r], p.fixed_shift);
+          row_update(t + r * ld + j0, bc, p.s, m[r], l[r], false);
           shift[(k * chunks + c) * br + r] = m[r];
         }
       }
     }
     for (int64_t r = 0; r < br; ++r) lse_a[i0 + r] = m[r] + std::log(l[r]);
-    if (p.fixed_shift) {
-      // Every chunk used the shift s, so dL = alpha_i E_ij - coef_i [i == j] with alpha_i = coef_i exp(s - lse_i):
-      // the row scale folds into the GEMMs (dX_I = alpha (E Y) and dY += E^T (alpha X_I)) and the strip is read
-      // by them only, never rewritten.
-      at::Tensor alpha = at::empty({br, 1}, options);
-      T* alpha_p = alpha.data_ptr<T>();
-      for (int64_t r = 0; r < br; ++r) alpha_p[r] = w_a * g_rows[i0 + r] * std::exp(p.s - lse_a[i0 + r]);
-      const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * alpha;
-      for (int64_t k = 0; k < num_strips; ++k) {
-        const at::Tensor e = strips[k].narrow(1, 0, B);
-        dx_rows.addmm_(e, pairs[k] == Pair::AA ? p.x : p.y);
-        (pairs[k] == Pair::AA ? gx : gy).addmm_(e.t(), scaled_rows);
-      }
-      dx_rows.mul_(alpha);
-      const T* x = p.x.template data_ptr<T>();
-      const T* y = p.y.template data_ptr<T>();
-      T* dxr = dx_rows.data_ptr<T>();
-      T* gyp = gy.data_ptr<T>();
-      for (int64_t r = 0; r < br; ++r) {  // the positives, dL_ii = -coef_i
-        const int64_t i = i0 + r;
-        const T coef = w_a * g_rows[i];
-        for (int64_t k = 0; k < d; ++k) {
-          dxr[r * d + k] -= coef * y[i * d + k];
-          gyp[i * d + k] -= coef * x[i * d + k];
-        }
-      }
-      return;
-    }
     std::vector<T> factor(br);
     for (int64_t k = 0; k < num_strips; ++k) {
       T* t = strips[k].data_ptr<T>();
@@ -492,18 +546,25 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
         }
         form_dl(pairs[k], j0, bc, t + j0, factor.data());
       }
-      accumulate(pairs[k], 0, B, strips[k], 0);
+      accumulate(pairs[k], 0, B, t, nullptr);
     }
   });
 
   // Epilogue: row-owned parts plus the groups' partial sums, in group order.
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t g = 0; g < p.groups; ++g) {
-      const T* py = partial_y.data_ptr<T>() + g * B * d;
-      const T* px = p.intra ? partial_x.data_ptr<T>() + g * B * d : nullptr;
-      for (int64_t e = begin * d; e < end * d; ++e) {
-        dY[e] += py[e];
-        if (px) dX[e] += px[e];
+    const T* ox = own_x.data_ptr<T>();
+    const T* oy = own_y.data_ptr<T>();
+    const T* px = p.intra ? partial_x.data_ptr<T>() : nullptr;
+    const T* py = partial_y.data_ptr<T>();
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t k = 0; k < d; ++k) {
+        T vx = ox[i * dp + k], vy = oy[i * dp + k];
+        for (int64_t g = 0; g < p.groups; ++g) {
+          vy += py[(g * Bp + i) * dp + k];
+          if (px) vx += px[(g * Bp + i) * dp + k];
+        }
+        dX[i * d + k] = vx;
+        dY[i * d + k] = vy;
       }
     }
   });

@@ -93,8 +93,7 @@ void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, 
     const int64_t rows = std::min(edge, n - row0), valid_cols = std::min(edge, n - col0);
     const int64_t panels = (valid_cols + G - 1) / G;
     const int64_t cols = panels * G;
-    gemm_tile(packed, row0, (rows + kMicroRows - 1) / kMicroRows * kMicroRows, packed, col0 / G, panels, d,
-              kDepthBlock, C, edge);
+    gemm_tile(packed, row0, rows, packed, col0 / G, panels, d, C, edge);
     mask_columns_from(C, edge, rows, valid_cols, cols);
     if (I == J) {
       if (exclude_self)

@@ -3,13 +3,9 @@
 // GEMM and reduced at once into a running top-k per row, so no score matrix larger than a tile ever exists.
 //
 // What it fuses and what it follows:
-//  * GEMM: the Goto/BLIS design (Goto & van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS
-//    2008; BLIS's Zen micro-kernels): rows are packed once into panels of G rows (G = one 256-bit vector: 8
-//    floats or 4 doubles), k-major inside a panel, so that a micro-kernel streams a 4-row A sliver (broadcasts)
-//    against three B panels (3 vector loads) and keeps a 4 x 3G block of scores in 12 accumulator registers
-//    (12 + 3 + 1 of the 16 ymm registers). Depth is blocked by kc so that the three B panels stay in L1 while
-//    the tile's A panels stream from L2. Measured on the 2-core Zen-1 VM: 29-38 GFLOP/s fp32 per core, on par
-//    with MKL's sgemm on the same tiles (30-33 GFLOP/s) in the same minutes; an 8 x 8 kernel reached 27-30.
+//  * GEMM: tile_gemm.h (Goto/BLIS packing and a 4 x 3G register-blocked micro-kernel). Measured on the 2-core
+//    Zen-1 VM: 29-38 GFLOP/s fp32 per core, on par with MKL's sgemm on the same tiles (30-33 GFLOP/s) in the same
+//    minutes; an 8 x 8 kernel reached 27-30.
 //  * Every score is ONE fused multiply-add chain over k = 0 .. d-1 in order (the kc blocking stores and reloads
 //    the accumulator without extra rounding), whatever the tile, the panel position, the thread or the tile
 //    size. So s(i, j) is bitwise equal to s(j, i), two identical rows give bitwise identical scores (exact ties,
@@ -27,7 +23,9 @@
 
 #include <ATen/ATen.h>
 
-#if defined(__AVX__) || defined(__FMA__)
+#include "tile_gemm.h"
+
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -41,42 +39,7 @@
 namespace mmrec_fast {
 namespace tile_topk {
 
-// GCC/Clang vectors of 256 bits (AVX2 with -march=x86-64-v3, pairs of SSE registers otherwise).
-typedef float Float8 __attribute__((vector_size(32), aligned(32)));
-typedef double Double4 __attribute__((vector_size(32), aligned(32)));
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { using type = Float8; };
-template <> struct VecOf<double> { using type = Double4; };
-template <typename T>
-using Vec = typename VecOf<T>::type;
-
-// Rows per packed panel: one vector.
-template <typename T>
-constexpr int64_t kGroup = 32 / sizeof(T);
-// Rows of the A sliver of the micro-kernel, and B panels per micro-kernel call.
-constexpr int64_t kMicroRows = 4;
-constexpr int kMicroPanels = 3;
-
-inline Float8 broadcast(const float* p) { const float x = *p; return Float8{x, x, x, x, x, x, x, x}; }
-inline Double4 broadcast(const double* p) { const double x = *p; return Double4{x, x, x, x}; }
-inline Float8 splat(float x) { return Float8{x, x, x, x, x, x, x, x}; }
-inline Double4 splat(double x) { return Double4{x, x, x, x}; }
-
-// a * b + c, fused (one rounding) where the CPU has FMA.
-inline Float8 multiply_add(Float8 a, Float8 b, Float8 c) {
-#if defined(__FMA__)
-  return (Float8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-  return a * b + c;
-#endif
-}
-inline Double4 multiply_add(Double4 a, Double4 b, Double4 c) {
-#if defined(__FMA__)
-  return (Double4)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
-#else
-  return a * b + c;
-#endif
-}
+using namespace tile_gemm;
 
 // Bit l set where v[l] >= t[l] (ordered compare: false for NaN).
 inline int at_least_mask(Float8 v, Float8 t) {
@@ -96,96 +59,6 @@ inline int at_least_mask(Double4 v, Double4 t) {
   for (int l = 0; l < 4; ++l) mask |= (v[l] >= t[l]) << l;
   return mask;
 #endif
-}
-
-template <typename T>
-inline Vec<T> load(const T* p) { return *reinterpret_cast<const Vec<T>*>(p); }
-template <typename T>
-inline void store(T* p, Vec<T> v) { *reinterpret_cast<Vec<T>*>(p) = v; }
-
-// ---- packing -----------------------------------------------------------------------------------------------
-
-// Rows (n, d) row-major -> ceil(n / G) panels of (d, G): panel g holds rows gG .. gG + G - 1, element (k, l) at
-// g * d * G + k * G + l; rows past n are zeros. Returned as a tensor so that its memory is visible to torch's
-// profiler like every other allocation of the op.
-template <typename T>
-at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
-  constexpr int64_t G = kGroup<T>;
-  const int64_t groups = (n + G - 1) / G;
-  at::Tensor packed = at::empty({std::max<int64_t>(groups * d * G, 1)}, at::CPU(c10::CppTypeToScalarType<T>::value));
-  T* out = packed.data_ptr<T>();
-  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    for (int64_t g = g_begin; g < g_end; ++g) {
-      T* panel = out + g * d * G;
-      for (int64_t l = 0; l < G; ++l) {
-        const int64_t row = g * G + l;
-        if (row < n) {
-          const T* src = x + row * d;
-          for (int64_t k = 0; k < d; ++k) panel[k * G + l] = src[k];
-        } else {
-          for (int64_t k = 0; k < d; ++k) panel[k * G + l] = T(0);
-        }
-      }
-    }
-  });
-  return packed;
-}
-
-// ---- GEMM tile ---------------------------------------------------------------------------------------------
-
-// C[r][v G + l] (+)= sum_{k < kc} a[k G + r] * b[v panel_stride + k G + l], r < 4, v < PANELS, l < G.
-template <typename T, int PANELS>
-__attribute__((always_inline)) inline void micro_kernel(const T* a, const T* b, int64_t panel_stride, int64_t kc,
-                                                        T* c, int64_t ldc, bool accumulate) {
-  constexpr int64_t G = kGroup<T>;
-  Vec<T> acc[kMicroRows][PANELS];
-#pragma GCC unroll 4
-  for (int r = 0; r < kMicroRows; ++r)
-#pragma GCC unroll 3
-    for (int v = 0; v < PANELS; ++v) acc[r][v] = accumulate ? load(c + r * ldc + v * G) : Vec<T>{};
-  for (int64_t k = 0; k < kc; ++k) {
-    Vec<T> bv[PANELS];
-#pragma GCC unroll 3
-    for (int v = 0; v < PANELS; ++v) bv[v] = load(b + v * panel_stride + k * G);
-#pragma GCC unroll 4
-    for (int r = 0; r < kMicroRows; ++r) {
-      const Vec<T> s = broadcast(a + k * G + r);
-#pragma GCC unroll 3
-      for (int v = 0; v < PANELS; ++v) acc[r][v] = multiply_add(s, bv[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < kMicroRows; ++r)
-#pragma GCC unroll 3
-    for (int v = 0; v < PANELS; ++v) store(c + r * ldc + v * G, acc[r][v]);
-}
-
-// Scores of a tile: C[r][c] = <a_row(a_row0 + r), b_row(b_panel0 G + c)> for r < a_rows, c < b_panels G, from
-// packed rows (pack_rows) of depth d, blocked by kc. a_row0 must be a multiple of 4 and the tile's rows are
-// computed 4 at a time (rows past a_rows within the last 4 are computed too: C needs round_up(a_rows, 4) rows).
-template <typename T>
-void gemm_tile(const T* packed_a, int64_t a_row0, int64_t a_rows, const T* packed_b, int64_t b_panel0,
-               int64_t b_panels, int64_t d, int64_t kc, T* C, int64_t ldc) {
-  constexpr int64_t G = kGroup<T>;
-  const int64_t panel_stride = d * G;
-  const int64_t depth_steps = std::max<int64_t>((d + kc - 1) / kc, 1);  // d = 0: one step of depth 0 (zeros)
-  for (int64_t step = 0; step < depth_steps; ++step) {
-    const int64_t p0 = step * kc;
-    const int64_t depth = std::min(kc, d - p0);
-    const bool accumulate = step > 0;
-    for (int64_t v0 = 0; v0 < b_panels; v0 += kMicroPanels) {
-      const T* b = packed_b + (b_panel0 + v0) * panel_stride + p0 * G;
-      const int64_t panels = std::min<int64_t>(kMicroPanels, b_panels - v0);
-      for (int64_t r = 0; r < a_rows; r += kMicroRows) {
-        const int64_t row = a_row0 + r;
-        const T* a = packed_a + (row / G) * panel_stride + p0 * G + row % G;
-        T* c = C + r * ldc + v0 * G;
-        if (panels == 3) micro_kernel<T, 3>(a, b, panel_stride, depth, c, ldc, accumulate);
-        else if (panels == 2) micro_kernel<T, 2>(a, b, panel_stride, depth, c, ldc, accumulate);
-        else micro_kernel<T, 1>(a, b, panel_stride, depth, c, ldc, accumulate);
-      }
-    }
-  }
 }
 
 // ---- running top-k -----------------------------------------------------------------------------------------
@@ -342,10 +215,6 @@ int64_t tile_edge(int64_t tile_bytes) {
   return edge;
 }
 
-// Depth block kc: the three B panels of a micro-kernel call take kc x 96 bytes (G x sizeof(T) = 32 bytes a row
-// of a panel, whatever T), 24 KiB of the 32 KiB L1 at kc = 256. (Measured flat from kc = 96 to 512 at d = 384
-// and 4096 on the Zen-1 VM.)
-constexpr int64_t kDepthBlock = 256;
 
 }  // namespace tile_topk
 }  // namespace mmrec_fast

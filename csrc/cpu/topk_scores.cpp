@@ -61,8 +61,7 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
         const int64_t valid_cols = std::min(edge, num_keys - col0);
         const int64_t panels = (valid_cols + G - 1) / G;
         const int64_t cols = panels * G;
-        gemm_tile(packed_q, row0, (rows + kMicroRows - 1) / kMicroRows * kMicroRows, packed_k, col0 / G, panels, d,
-                  kDepthBlock, C, edge);
+        gemm_tile(packed_q, row0, rows, packed_k, col0 / G, panels, d, C, edge);
         mask_columns_from(C, edge, rows, valid_cols, cols);
         if (exclude_rowptr) {
           for (int64_t r = 0; r < rows; ++r) {
