@@ -54,6 +54,10 @@
 
 #include "tile_gemm.h"
 
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -92,8 +96,18 @@ template <> struct Simd<float> {
   using Mask = Int8;
   static constexpr int kLanes = 8;
   static V lane_index() { return V{0, 1, 2, 3, 4, 5, 6, 7}; }
-  // exp(x), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 polynomial, 2^n through the
-  // exponent bits (n by the 1.5 * 2^23 rounding trick). About 1 ulp; exactly 0 below ln(FLT_MIN) (and for -inf).
+  // a * b + c with one rounding where the CPU has FMA (the file's no-contraction rule is about the exponent's
+  // argument, not about exp's own polynomial).
+  static V fma(V a, V b, V c) {
+#if defined(__FMA__)
+    return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    return a * b + c;
+#endif
+  }
+  // exp(x), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 polynomial (Horner with FMA),
+  // 2^n through the exponent bits (n by the 1.5 * 2^23 rounding trick). About 1 ulp; exactly 0 below ln(FLT_MIN)
+  // (and for -inf).
   static V exp(V x) {
     const V hi = V{} + 88.3762626647949f, lo = V{} + -87.3365447505531f;
     const Mask underflow = x < lo;
@@ -103,15 +117,15 @@ template <> struct Simd<float> {
     const V t = x * 1.44269504088896341f + magic;
     const V n = t - magic;
     const Int8 ni = (Int8)t - (Int8)magic;
-    V r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    V r = fma(n, V{} - 0.693359375f, x);
+    r = fma(n, V{} + 2.12194440e-4f, r);
     V p = V{} + 1.9875691500E-4f;
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r * r + r + 1.0f;
+    p = fma(p, r, V{} + 1.3981999507E-3f);
+    p = fma(p, r, V{} + 8.3334519073E-3f);
+    p = fma(p, r, V{} + 4.1665795894E-2f);
+    p = fma(p, r, V{} + 1.6666665459E-1f);
+    p = fma(p, r, V{} + 5.0000001201E-1f);
+    p = fma(p, r * r, r) + 1.0f;
     const V scale = (V)((ni + 127) << 23);
     const V result = p * scale;
     return underflow ? V{} : result;
@@ -191,10 +205,16 @@ inline void row_update(T* row, int64_t n, T s, T& m, T& l, bool fixed_shift) {
   }
   if (new_m == T(kNegInf)) return;  // every entry masked (the diagonal of a one-row intra tile)
   V vsum = V{};
-  for (int64_t j = 0; j < n; j += S::kLanes) {
-    V e = S::exp(load(row + j) * s - new_m);
-    e = lanes < T(n - j) ? e : V{};
+  const int64_t whole = n / S::kLanes * S::kLanes;
+  for (int64_t j = 0; j < whole; j += S::kLanes) {
+    const V e = S::exp(load(row + j) * s - new_m);
     store(row + j, e);
+    vsum += e;
+  }
+  if (whole < n) {  // the last, partial vector: lanes past n are written as 0
+    V e = S::exp(load(row + whole) * s - new_m);
+    e = lanes < T(n - whole) ? e : V{};
+    store(row + whole, e);
     vsum += e;
   }
   l = (m == T(kNegInf) || m == new_m ? l : l * std::exp(m - new_m)) + hsum<T>(vsum);
