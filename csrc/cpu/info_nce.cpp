@@ -54,10 +54,6 @@
 
 #include "tile_gemm.h"
 
-#if defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -99,11 +95,8 @@ template <> struct Simd<float> {
   // a * b + c with one rounding where the CPU has FMA (the file's no-contraction rule is about the exponent's
   // argument, not about exp's own polynomial).
   static V fma(V a, V b, V c) {
-#if defined(__FMA__)
-    return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#else
-    return a * b + c;
-#endif
+    using W = tile_gemm::Float8;
+    return (V)tile_gemm::multiply_add((W)a, (W)b, (W)c);
   }
   // exp(x), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 polynomial (Horner with FMA),
   // 2^n through the exponent bits (n by the 1.5 * 2^23 rounding trick). About 1 ulp; exactly 0 below ln(FLT_MIN)
