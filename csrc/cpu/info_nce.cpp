@@ -23,9 +23,13 @@
 //  * All three products go through tile_gemm.h instead of a BLAS call per tile: its operands are packed once per
 //    call (x and y by rows and by columns) and dL^T once per tile, where MKL's sgemm repacked both operands of
 //    every tile product (its copy routines took ~18% of the forward + backward, its kernel ~48%). Measured with
-//    the SLMRec form, float32, forward + backward, on the 2-core Zen 4 VM (2026-11-22; medians, benchmarks/
-//    bench_info_nce.py, naive torch in the same run): B = 8192, d = 64: MKL tiles 279 ms -> tile_gemm 264 ms
-//    (naive 653 ms and 846 ms in the two runs); MENTOR (B = 19,445, d = 128): 2.49 s -> 1.82 s.
+//    the SLMRec form, float32, forward + backward, 2 threads on the 2-core Zen 4 VM (2026-11-22; medians of
+//    benchmarks/bench_info_nce.py, the MKL build and this one run alternately, two rounds each,
+//    benchmarks/results/info_nce-ab-zen4-2026-11-22.txt): B = 8192, d = 64: fused 241-251 ms vs 250-279 ms,
+//    recompute 237-243 vs 300-305; MENTOR (B = 19,445, d = 128): fused 1.73-2.22 s vs 2.05-2.24 s, recompute
+//    2.38-2.50 s vs 2.60-3.02 s; B = 1024: fused 3.9-4.1 ms vs 4.4-4.5 ms. perf of the fused B = 8192 call: the
+//    three products ~75% of its time (~105 GFLOP/s a core, near the AVX2 FMA peak), the exp / log-sum-exp pass
+//    ~14%, packing dL^T ~7%.
 //  * Gradient in the forward (info_nce_fused), used for reductions "mean"/"sum" when the inputs need a gradient
 //    (upstream weights uniform, so the gradient is known up to the scalar grad_output): the row log-sum-exps are
 //    final once a task has seen its rows' whole strip, and with a fixed shift (below) dL_ij = alpha_i E_ij -
@@ -34,10 +38,10 @@
 //    dY += E^T (alpha X_I), the one product that needs the final alpha. 3 GEMMs and 1 exp per logit for forward
 //    + backward, against 4 GEMMs and 2 exps for a forward that saves log-sum-exps and a backward that recomputes
 //    (used for reduction "none", whose per-row upstream is unknown in the forward). Raw logits (no fixed shift)
-//    keep the strip of exp(logit - running max) and form dL from it at the end. Measured as above: B = 8192:
-//    fused 264 ms vs recompute 258 ms (a tie at this size); MENTOR: 1.82 s vs 2.36 s; B = 1024: 5.4 ms vs
-//    7.0 ms. Symmetric losses need the column log-sum-exps before any gradient, so they run the statistics pass,
-//    then the gradient pass (no strip).
+//    keep the strip of exp(logit - running max) and form dL from it at the end. Measured as above (fused vs
+//    recompute in the same runs): B = 8192: 241-251 ms vs 237-243 ms (a tie at this size); MENTOR: 1.73-2.22 s vs
+//    2.38-2.50 s; B = 1024: 3.9-4.1 ms vs 4.1-5.5 ms. Symmetric losses need the column log-sum-exps before any
+//    gradient, so they run the statistics pass, then the gradient pass (no strip).
 //  * Fixed shift (the fixed-max trick, KERNEL_ANCHORS.md section 2): normalised rows bound every logit by s, so
 //    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max; a symmetric
 //    statistics pass sums the same exps down the columns (one exp per logit for both directions). Raw logits and
@@ -76,7 +80,7 @@ constexpr int64_t kRowBlock = 256;                  // rows of a block (the K of
 constexpr int64_t kTileBytes = 256 << 10;           // one (rows x chunk) tile: stays in L2
 constexpr int64_t kStripBytes = 24 << 20;           // a task's row strips in the fused one-way forward
 constexpr int64_t kPartialBytes = 64 << 20;         // all groups' (B, d) partial gradient buffers together
-constexpr int64_t kMaxGroups = 16;
+constexpr int64_t kMaxGroups = 8;
 constexpr double kNormEps = 1e-12;                  // F.normalize's default eps
 
 // ---- 256-bit vectors (GCC/Clang vector extensions; lowered to AVX2 with -march=x86-64-v3, to SSE pairs otherwise)
@@ -415,7 +419,8 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
   // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and 4-row slivers): the row-owned parts (dX_I,
   // and dY_I of intra-view BB tiles, written by block I's task only) and each group's column parts.
   const int64_t Bp = tile_gemm::round_up(B, G);
-  at::Tensor own_x = at::zeros({Bp, dp}, options), own_y = at::zeros({Bp, dp}, options);
+  const bool has_bb = p.intra && p.symmetric;  // the only tiles whose rows are rows of y
+  at::Tensor own_x = at::zeros({Bp, dp}, options), own_y = has_bb ? at::zeros({Bp, dp}, options) : at::Tensor();
   at::Tensor partial_x = p.intra ? at::zeros({p.groups, Bp, dp}, options) : at::Tensor();
   at::Tensor partial_y = at::zeros({p.groups, Bp, dp}, options);
   const int64_t cols = padded<T>(B) + Simd<T>::kLanes;
@@ -424,6 +429,9 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     for (int64_t j = 0; j < B; ++j) { gb_cols[j] = w_b * g_rows[j]; lse_b_cols[j] = lse_b[j]; }
   }
 
+  // The fused forward's kept E^T strips: one buffer per thread, reused by the blocks it runs (a fresh 8 MB
+  // allocation per block cost page faults).
+  std::vector<at::Tensor> kept_per_thread(at::get_num_threads());
   for_each_group(B, row_block, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
     using S = Simd<T>;
     using V = typename S::V;
@@ -432,7 +440,7 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     const int64_t num_buffers = lse_known ? 1 : (p.fixed_shift ? 0 : num_strips);
     for (int64_t k = 0; k < num_buffers; ++k) strips.push_back(at::empty({tile_rows(br), ld}, options));
     T* dx_rows = own_x.data_ptr<T>() + i0 * dp;
-    T* dy_rows = own_y.data_ptr<T>() + i0 * dp;
+    T* dy_rows = has_bb ? own_y.data_ptr<T>() + i0 * dp : nullptr;
     T* gx = partial_x.defined() ? partial_x.data_ptr<T>() + g * Bp * dp : nullptr;
     T* gy = partial_y.data_ptr<T>() + g * Bp * dp;
     at::Tensor transposed = at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options);
@@ -498,16 +506,20 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
       const int64_t ldt = tile_ld<T>(p.chunk);
       at::Tensor tile = at::empty({tile_rows(br), ldt}, options);
       T* t = tile.data_ptr<T>();
-      std::vector<at::Tensor> kept;  // per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers
+      // Per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers, in the running thread's buffer.
+      const int64_t kept_stride = tile_gemm::round_up(B, tile_gemm::kMicroRows) * row_block;
+      at::Tensor& kept_buffer = kept_per_thread[at::get_thread_num()];
+      if (!kept_buffer.defined()) kept_buffer = at::empty({num_strips * kept_stride}, options);
+      std::vector<T*> kept;
       for (int64_t k = 0; k < num_strips; ++k) {
-        kept.push_back(at::empty({tile_gemm::round_up(B, tile_gemm::kMicroRows) * br}, options));
+        kept.push_back(kept_buffer.data_ptr<T>() + k * kept_stride);
         const T* others = (pairs[k] == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
           logit_tile(p, pairs[k], i0, i1, j0, bc, t, ldt);
           for (int64_t r = 0; r < br; ++r) row_update(t + r * ldt, bc, p.s, m[r], l[r], true);
           tile_gemm::gemm_rows(t, ldt, br, bc, others + j0 * G, B * G, dp / G, dx_rows, dp, true);
-          tile_gemm::pack_transposed(t, ldt, br, bc, static_cast<const T*>(nullptr), kept[k].data_ptr<T>() + j0 * br);
+          tile_gemm::pack_transposed(t, ldt, br, bc, static_cast<const T*>(nullptr), kept[k] + j0 * br);
         }
       }
       std::vector<T> alpha(br);
@@ -518,7 +530,7 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
       const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * at::from_blob(alpha.data(), {br, 1}, options);
       const at::Tensor packed_scaled = tile_gemm::pack_columns(scaled_rows.data_ptr<T>(), br, d);
       for (int64_t k = 0; k < num_strips; ++k) {
-        tile_gemm::gemm_transposed(kept[k].data_ptr<T>(), B, br, packed_scaled.data_ptr<T>(), br * G, dp / G,
+        tile_gemm::gemm_transposed(kept[k], B, br, packed_scaled.data_ptr<T>(), br * G, dp / G,
                                    pairs[k] == Pair::AA ? gx : gy, dp, true);
       }
       const T* x = p.x.template data_ptr<T>();
@@ -566,12 +578,12 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
   // Epilogue: row-owned parts plus the groups' partial sums, in group order.
   at::parallel_for(0, B, 256, [&](int64_t begin, int64_t end) {
     const T* ox = own_x.data_ptr<T>();
-    const T* oy = own_y.data_ptr<T>();
+    const T* oy = has_bb ? own_y.data_ptr<T>() : nullptr;
     const T* px = p.intra ? partial_x.data_ptr<T>() : nullptr;
     const T* py = partial_y.data_ptr<T>();
     for (int64_t i = begin; i < end; ++i) {
       for (int64_t k = 0; k < d; ++k) {
-        T vx = ox[i * dp + k], vy = oy[i * dp + k];
+        T vx = ox[i * dp + k], vy = oy ? oy[i * dp + k] : T(0);
         for (int64_t g = 0; g < p.groups; ++g) {
           vy += py[(g * Bp + i) * dp + k];
           if (px) vx += px[(g * Bp + i) * dp + k];
