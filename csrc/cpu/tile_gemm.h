@@ -94,15 +94,21 @@ inline int64_t round_up(int64_t n, int64_t m) {
 
 // ---- packing -----------------------------------------------------------------------------------------------
 
+// A packed operand of `values` elements (at least one), as a tensor so that its memory is visible to torch's
+// profiler like every other allocation of the op.
+template <typename T>
+at::Tensor packed_buffer(int64_t values) {
+  return at::empty({std::max<int64_t>(values, 1)}, at::CPU(c10::CppTypeToScalarType<T>::value));
+}
+
 // Rows (n, d) row-major -> ceil(n / G) panels of (d, G): panel g holds rows gG .. gG + G - 1, element (k, l) at
 // g * d * G + k * G + l; rows past n are zeros. This is the B operand of x_I y_J^T products (a panel = G of the
-// rows y_j, depth = the d features) and, read in 4-row slivers, their A operand. Returned as a tensor so that its
-// memory is visible to torch's profiler like every other allocation of the op.
+// rows y_j, depth = the d features) and, read in 4-row slivers, their A operand.
 template <typename T>
 at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
   constexpr int64_t G = kGroup<T>;
   const int64_t groups = (n + G - 1) / G;
-  at::Tensor packed = at::empty({std::max<int64_t>(groups * d * G, 1)}, at::CPU(c10::CppTypeToScalarType<T>::value));
+  at::Tensor packed = packed_buffer<T>(groups * d * G);
   T* out = packed.data_ptr<T>();
   at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
@@ -128,7 +134,7 @@ template <typename T>
 at::Tensor pack_columns(const T* x, int64_t n, int64_t d) {
   constexpr int64_t G = kGroup<T>;
   const int64_t panels = (d + G - 1) / G;
-  at::Tensor packed = at::empty({std::max<int64_t>(panels * n * G, 1)}, at::CPU(c10::CppTypeToScalarType<T>::value));
+  at::Tensor packed = packed_buffer<T>(panels * n * G);
   T* out = packed.data_ptr<T>();
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
