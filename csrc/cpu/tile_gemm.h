@@ -94,32 +94,24 @@ inline int64_t round_up(int64_t n, int64_t m) {
 
 // ---- packing -----------------------------------------------------------------------------------------------
 
-// A packed operand of `values` elements (at least one), as a tensor so that its memory is visible to torch's
-// profiler like every other allocation of the op.
+// The matrix M (rows x depth), M(r, k) = x[r * row_stride + k * depth_stride], -> ceil(rows / G) panels of
+// (depth, G): panel g holds rows gG .. gG + G - 1 of M, element (k, l) at g * depth * G + k * G + l; rows past
+// `rows` are zeros. Returned as a tensor so that its memory is visible to torch's profiler like every other
+// allocation of the op.
 template <typename T>
-at::Tensor packed_buffer(int64_t values) {
-  return at::empty({std::max<int64_t>(values, 1)}, at::CPU(c10::CppTypeToScalarType<T>::value));
-}
-
-// Rows (n, d) row-major -> ceil(n / G) panels of (d, G): panel g holds rows gG .. gG + G - 1, element (k, l) at
-// g * d * G + k * G + l; rows past n are zeros. This is the B operand of x_I y_J^T products (a panel = G of the
-// rows y_j, depth = the d features) and, read in 4-row slivers, their A operand.
-template <typename T>
-at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
+at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int64_t rows, int64_t depth) {
   constexpr int64_t G = kGroup<T>;
-  const int64_t groups = (n + G - 1) / G;
-  at::Tensor packed = packed_buffer<T>(groups * d * G);
+  const int64_t panels = (rows + G - 1) / G;
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  at::Tensor packed = at::empty({std::max<int64_t>(panels * depth * G, 1)}, at::CPU(dtype));
   T* out = packed.data_ptr<T>();
-  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+  at::parallel_for(0, panels, 1, [&](int64_t g_begin, int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
-      T* panel = out + g * d * G;
-      for (int64_t l = 0; l < G; ++l) {
-        const int64_t row = g * G + l;
-        if (row < n) {
-          const T* src = x + row * d;
-          for (int64_t k = 0; k < d; ++k) panel[k * G + l] = src[k];
-        } else {
-          for (int64_t k = 0; k < d; ++k) panel[k * G + l] = T(0);
+      for (int64_t k = 0; k < depth; ++k) {
+        T* dst = out + (g * depth + k) * G;
+        for (int64_t l = 0; l < G; ++l) {
+          const int64_t r = g * G + l;
+          dst[l] = r < rows ? x[r * row_stride + k * depth_stride] : T(0);
         }
       }
     }
@@ -127,24 +119,20 @@ at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
   return packed;
 }
 
+// Rows (n, d) row-major -> ceil(n / G) panels of (d, G): panel g holds rows gG .. gG + G - 1, element (k, l) at
+// g * d * G + k * G + l. The B operand of x_I y_J^T products (a panel = G of the rows y_j, depth = the d features)
+// and, read in 4-row slivers, their A operand.
+template <typename T>
+at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
+  return pack_panels(x, d, 1, n, d);
+}
+
 // Rows (n, d) row-major -> ceil(d / G) panels of (n, G): panel v holds columns vG .. vG + G - 1, element (i, l) at
-// v * n * G + i * G + l; columns past d are zeros. The B operand of products M x with x as the right factor (depth
-// = the n rows, a panel = G features); rows i0 .. of it start at + i0 * G, panel stride n * G.
+// v * n * G + i * G + l. The B operand of products M x with x as the right factor (depth = the n rows, a panel = G
+// features); rows i0 .. of it start at + i0 * G, panel stride n * G.
 template <typename T>
 at::Tensor pack_columns(const T* x, int64_t n, int64_t d) {
-  constexpr int64_t G = kGroup<T>;
-  const int64_t panels = (d + G - 1) / G;
-  at::Tensor packed = packed_buffer<T>(panels * n * G);
-  T* out = packed.data_ptr<T>();
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t v = 0; v < panels; ++v) {
-        T* dst = out + v * n * G + i * G;
-        for (int64_t l = 0; l < G; ++l) dst[l] = v * G + l < d ? x[i * d + v * G + l] : T(0);
-      }
-    }
-  });
-  return packed;
+  return pack_panels(x, 1, d, d, n);
 }
 
 // A tile M (rows x cols, leading dimension ld) -> its transpose in 4-row slivers, the A operand of M^T x products:
