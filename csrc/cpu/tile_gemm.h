@@ -205,18 +205,19 @@ void gemm(SliverOf sliver, int64_t rows, const T* b, int64_t panel_stride, int64
     const int64_t kc = std::min(kDepthBlock, depth - p0);
     const bool acc = accumulate || step > 0;
     for (int64_t r0 = 0; r0 < rows; r0 += kRowsBlock) {
-     for (int64_t v0 = 0; v0 < panels; v0 += kMicroPanels) {
-      const T* bb = b + v0 * panel_stride + p0 * G;
-      const int64_t np = std::min<int64_t>(kMicroPanels, panels - v0);
-      for (int64_t r = r0; r < std::min(rows, r0 + kRowsBlock); r += kMicroRows) {
-        const Sliver s = sliver(r);
-        const T* a = static_cast<const T*>(s.base) + p0 * s.depth_stride;
-        T* c = C + r * ldc + v0 * G;
-        if (np == 3) micro_kernel<T, 3>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
-        else if (np == 2) micro_kernel<T, 2>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
-        else micro_kernel<T, 1>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
+      const int64_t r1 = std::min(rows, r0 + kRowsBlock);
+      for (int64_t v0 = 0; v0 < panels; v0 += kMicroPanels) {
+        const T* bb = b + v0 * panel_stride + p0 * G;
+        const int64_t np = std::min<int64_t>(kMicroPanels, panels - v0);
+        for (int64_t r = r0; r < r1; r += kMicroRows) {
+          const Sliver s = sliver(r);
+          const T* a = static_cast<const T*>(s.base) + p0 * s.depth_stride;
+          T* c = C + r * ldc + v0 * G;
+          if (np == 3) micro_kernel<T, 3>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
+          else if (np == 2) micro_kernel<T, 2>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
+          else micro_kernel<T, 1>(a, s.row_stride, s.depth_stride, bb, panel_stride, kc, c, ldc, acc);
+        }
       }
-     }
     }
   }
 }
