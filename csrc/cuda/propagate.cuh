@@ -128,6 +128,16 @@ __device__ __forceinline__ void gather_add(acc_t<T> (&acc)[COLS], const T* p, ac
   }
 }
 
+// The epilogue of a finished row's column: dst = row_scale * sum + x_coef * x_scale * x.
+template <typename T>
+__device__ __forceinline__ void write_output(const PropagateStepArgs<T>& a, int64_t row, int64_t column,
+                                             acc_t<T> sum) {
+  using A = acc_t<T>;
+  A value = (a.row_scale ? a.row_scale[row] : A(1)) * sum;
+  if (a.x) value += a.x_coef * (a.x_scale ? a.x_scale[row] : A(1)) * to_acc(a.x[row * a.d + column]);
+  a.dst[row * a.d + column] = from_acc<T>(value);
+}
+
 // Warp per segment. ALIGNED: d % COLS == 0 and src rows aligned for a COLS-wide vector load.
 template <typename T, int COLS, bool ALIGNED>
 __global__ void __launch_bounds__(kWarpSize * kWarpsPerBlock)
@@ -181,9 +191,7 @@ propagate_segments_kernel(const PropagateStepArgs<T> a, const PropagateSegments 
         if (partial) {
           partial[column] = acc[c];
         } else {
-          A value = (a.row_scale ? a.row_scale[row] : A(1)) * acc[c];
-          if (a.x) value += a.x_coef * (a.x_scale ? a.x_scale[row] : A(1)) * to_acc(a.x[row * a.d + column]);
-          a.dst[row * a.d + column] = from_acc<T>(value);
+          write_output(a, row, column, acc[c]);
         }
       }
     }
@@ -201,14 +209,10 @@ finish_long_rows_kernel(const PropagateStepArgs<T> a, const PropagateSegments s)
   const int64_t row = s.long_rows[slot];
   const int64_t segments = segments_of(a.rowptr[row + 1] - a.rowptr[row]);
   const A* partial = a.partials + (s.table[kPartials * s.rows + row] - segments) * a.d;
-  const A row_scale = a.row_scale ? a.row_scale[row] : A(1);
-  const A x_factor = a.x ? a.x_coef * (a.x_scale ? a.x_scale[row] : A(1)) : A(0);
   for (int64_t column = lane; column < a.d; column += kWarpSize) {
     A sum = A(0);
     for (int64_t i = 0; i < segments; ++i) sum += partial[i * a.d + column];
-    A value = row_scale * sum;
-    if (a.x) value += x_factor * to_acc(a.x[row * a.d + column]);
-    a.dst[row * a.d + column] = from_acc<T>(value);
+    write_output(a, row, column, sum);
   }
 }
 
