@@ -436,14 +436,19 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     using S = Simd<T>;
     using V = typename S::V;
     const int64_t br = i1 - i0;
-    std::vector<at::Tensor> strips;  // the tile (lse known), or the strips of the raw-logit fused forward
-    const int64_t num_buffers = lse_known ? 1 : (p.fixed_shift ? 0 : num_strips);
-    for (int64_t k = 0; k < num_buffers; ++k) strips.push_back(at::empty({tile_rows(br), ld}, options));
+    // Every path but the fixed-shift fused forward (which keeps E^T itself) forms dL tiles for accumulate below:
+    // in one tile (lse known) or in the strips of the raw-logit fused forward, each with its dL^T scratch.
+    const bool accumulates = lse_known || !p.fixed_shift;
+    std::vector<at::Tensor> strips;
+    for (int64_t k = 0; k < (accumulates ? (lse_known ? 1 : num_strips) : 0); ++k) {
+      strips.push_back(at::empty({tile_rows(br), ld}, options));
+    }
     T* dx_rows = own_x.data_ptr<T>() + i0 * dp;
     T* dy_rows = has_bb ? own_y.data_ptr<T>() + i0 * dp : nullptr;
     T* gx = partial_x.defined() ? partial_x.data_ptr<T>() + g * Bp * dp : nullptr;
     T* gy = partial_y.data_ptr<T>() + g * Bp * dp;
-    at::Tensor transposed = at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options);
+    at::Tensor transposed =
+        accumulates ? at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options) : at::Tensor();
     const V lanes = S::lane_index();
 
     // Gradient GEMMs of a dL tile (dl: its column 0, leading dimension ld) covering columns [j0, j0 + bc):
