@@ -7,6 +7,7 @@
 #                                              bench-info_nce bench-knn (default: all but profile and tune)
 #   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
 #   BENCH_K=<pytest -k expression>             which benchmarks (default: all)
+#   TUNE_OPS=<ops>                             which sweeps of tune_gpu.py (default: all)
 #
 # Logs, junit XML and pytest-benchmark JSON go to $OUT (the device tool's return folder; ./gpu-out elsewhere),
 # packed at the end into $OUT/gpu-session.tar.gz beside summary.txt and machine.txt.
@@ -57,7 +58,7 @@ for s in $STEPS; do
       cat "$OUT/profile.log"
       ;;
     tune)
-      step tune 420 "$PY" benchmarks/tune_gpu.py
+      step tune 420 "$PY" benchmarks/tune_gpu.py ${TUNE_OPS:-}
       cat "$OUT/tune.log"
       ;;
     bench-*)

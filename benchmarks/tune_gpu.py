@@ -35,13 +35,15 @@ def naive_info_nce(a, b):
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 
-def info_nce_configs():
-    for block_m, block_n, warps in [(64, 64, 4), (64, 64, 8), (32, 32, 4), (128, 64, 8)]:
-        yield dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, DOT_PRECISION="ieee")
-    for block_m, block_n, warps in [(64, 64, 4), (64, 64, 8), (128, 64, 8), (64, 32, 4), (128, 128, 8)]:
-        yield dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, DOT_PRECISION="tf32x3")
-    for block_m, block_n, warps in [(128, 64, 8), (64, 64, 4)]:
-        yield dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, DOT_PRECISION="tf32")
+def info_nce_configs(d):
+    """The sweep: tile shapes x column splits (None: the default heuristic, kernels.info_nce.PROGRAMS_PER_SM)."""
+    shapes = [(64, 64, 4), (128, 64, 8), (64, 32, 4)] if d <= 64 else [(64, 32, 4), (64, 64, 4), (32, 32, 4)]
+    for block_m, block_n, warps in shapes:
+        for splits in [None, 1, 4, 8, 16]:
+            config = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, DOT_PRECISION="tf32x3")
+            yield config if splits is None else {**config, "COLUMN_SPLITS": splits}
+    yield dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, DOT_PRECISION="tf32x3")
+    yield dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, DOT_PRECISION="tf32")
 
 
 def tune_info_nce():
@@ -63,7 +65,7 @@ def tune_info_nce():
         print(f"info_nce B={batch} d={d} fwd+bwd: naive torch {naive_ms:.3f} ms (error {naive_err:.1e})")
         results.append(dict(op="info_nce", batch=batch, d=d, config="naive torch", ms=naive_ms, error=naive_err))
         triton_fn = lambda x, y: mmrec_fast.info_nce(x, y, TEMPERATURE, backend="triton")  # noqa: E731
-        for config in info_nce_configs():
+        for config in info_nce_configs(d):
             info_nce_kernels.TUNING.clear()
             info_nce_kernels.TUNING.update(config)
             try:

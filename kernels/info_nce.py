@@ -27,6 +27,8 @@ Inputs fp16 / bf16 / fp32 / fp64; fp32 accumulation (fp64 for fp64).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -48,7 +50,7 @@ def _load_rows(ptr, rows, row_mask, dims, dim_mask, d, UPCAST: tl.constexpr):
 
 @triton.jit
 def _row_lse_kernel(
-    x_ptr, y_ptr, s_ptr, lse_ptr, batch, d,
+    x_ptr, y_ptr, s_ptr, partial_lse_ptr, batch, d, cols_per_split,
     INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -60,11 +62,13 @@ def _row_lse_kernel(
     s = tl.load(s_ptr).to(ACC)
     m = tl.full([BLOCK_M], float("-inf"), ACC)
     l = tl.zeros([BLOCK_M], ACC)
+    col_start = tl.program_id(1) * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, batch)
     for pass_index in range(2 if INTRA else 1):
         other_ptr = y_ptr if pass_index == 0 else x_ptr
-        for j0 in range(0, batch, BLOCK_N):
+        for j0 in range(col_start, col_end, BLOCK_N):
             cols = j0 + tl.arange(0, BLOCK_N)
-            col_mask = cols < batch
+            col_mask = cols < col_end
             other = _load_rows(other_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
             logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
             valid = row_mask[:, None] & col_mask[None, :]
@@ -75,13 +79,13 @@ def _row_lse_kernel(
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(logits - m_safe[:, None]), axis=1)
             m = m_new
-    tl.store(lse_ptr + rows, m + tl.log(l), mask=row_mask)
+    tl.store(partial_lse_ptr + tl.program_id(1) * batch + rows, m + tl.log(l), mask=row_mask)
 
 
 @triton.jit
 def _grad_rows_kernel(
     x_ptr, y_ptr, s_ptr, g_ptr, lse_x_ptr, lse_y_ptr, dx_ptr, dlogit_logit_ptr, weight_x, weight_y, batch, d,
-    X_SIDE: tl.constexpr, Y_SIDE: tl.constexpr, INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    cols_per_split, X_SIDE: tl.constexpr, Y_SIDE: tl.constexpr, INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -95,10 +99,12 @@ def _grad_rows_kernel(
     lse_rows = tl.load(lse_x_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     dlogit_logit = tl.zeros([BLOCK_M], ACC)  # sum_j dL_ij L_ij: the temperature gradient, before any rounding
+    col_start = tl.program_id(1) * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, batch)
     # X against Y: the X-side denominators (rows) and, when Y_SIDE, the Y-side ones (columns).
-    for j0 in range(0, batch, BLOCK_N):
+    for j0 in range(col_start, col_end, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < batch
+        col_mask = cols < col_end
         y = _load_rows(y_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
         logits = tl.dot(x, tl.trans(y), out_dtype=ACC, input_precision=DOT_PRECISION) * s
         diagonal = rows[:, None] == cols[None, :]
@@ -114,9 +120,9 @@ def _grad_rows_kernel(
         acc += tl.dot(dl.to(y.dtype), y, out_dtype=ACC, input_precision=DOT_PRECISION)
     # X against X (intra-view negatives): both halves of the symmetric matrix's gradient land on row i.
     if INTRA:
-        for j0 in range(0, batch, BLOCK_N):
+        for j0 in range(col_start, col_end, BLOCK_N):
             cols = j0 + tl.arange(0, BLOCK_N)
-            col_mask = cols < batch
+            col_mask = cols < col_end
             other = _load_rows(x_ptr, cols, col_mask, dims, dim_mask, d, UPCAST)
             logits = tl.dot(x, tl.trans(other), out_dtype=ACC, input_precision=DOT_PRECISION) * s
             g_cols = tl.load(g_ptr + cols, mask=col_mask, other=0.0).to(ACC)
@@ -129,8 +135,9 @@ def _grad_rows_kernel(
             dlogit_logit += tl.sum(dm * logits, axis=1)
             acc += tl.dot(dm.to(other.dtype), other, out_dtype=ACC, input_precision=DOT_PRECISION)
     acc = acc * s
-    tl.store(dx_ptr + rows[:, None] * d + dims[None, :], acc, mask=row_mask[:, None] & dim_mask[None, :])
-    tl.store(dlogit_logit_ptr + rows, dlogit_logit, mask=row_mask)
+    split = tl.program_id(1)
+    tl.store(dx_ptr + split * batch * d + rows[:, None] * d + dims[None, :], acc, mask=row_mask[:, None] & dim_mask[None, :])
+    tl.store(dlogit_logit_ptr + split * batch + rows, dlogit_logit, mask=row_mask)
 
 
 def _config(x: torch.Tensor) -> dict:
@@ -174,12 +181,52 @@ def _normalized(a: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.T
     return (a_acc / norm[:, None]).to(a.dtype).contiguous(), 1.0 / norm
 
 
+#: Programs per multiprocessor the column split aims at (H100 sweep, benchmarks/tune_gpu.py); in the interpreter,
+#: programs in all (so that the tests' batches of ~100 rows take the split path).
+PROGRAMS_PER_SM = 4
+INTERPRETER_PROGRAMS = 16
+#: The partial dX buffers of the split may take at most this many bytes (beyond it, fewer splits).
+SPLIT_BUFFER_BYTES = 128 << 20
+
+
+def _column_splits(x: torch.Tensor, cfg: dict) -> tuple[int, int]:
+    """(splits, columns per split): the grid's second axis. One program per BLOCK_M rows leaves a GPU mostly idle
+    (B = 8192 at 64 rows: 128 programs for 132 multiprocessors), so the columns are cut into equal runs of whole
+    BLOCK_N tiles, one program each; the partial log-sum-exps and gradients are combined afterwards in split order
+    (deterministic, no atomics). TUNING["COLUMN_SPLITS"] sets the count."""
+    batch, d = x.shape
+    row_blocks = triton.cdiv(batch, cfg["BLOCK_M"])
+    col_blocks = triton.cdiv(batch, cfg["BLOCK_N"])
+    if "COLUMN_SPLITS" in TUNING:
+        wanted = TUNING["COLUMN_SPLITS"]
+    else:
+        programs = INTERPRETER_PROGRAMS if INTERPRETED else PROGRAMS_PER_SM * _multiprocessors(x.device)
+        wanted = triton.cdiv(programs, row_blocks)
+    wanted = max(1, min(wanted, col_blocks, SPLIT_BUFFER_BYTES // max(1, batch * d * x.element_size())))
+    blocks_per_split = triton.cdiv(col_blocks, wanted)
+    return triton.cdiv(col_blocks, blocks_per_split), blocks_per_split * cfg["BLOCK_N"]
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_config(x: torch.Tensor) -> tuple[dict, tuple[int, int], int]:
+    """(kernel configuration, grid, columns per split)."""
+    cfg = _config(x)
+    splits, cols_per_split = _column_splits(x, cfg)
+    kernel_cfg = {key: value for key, value in cfg.items() if key != "COLUMN_SPLITS"}
+    return kernel_cfg, (triton.cdiv(x.shape[0], cfg["BLOCK_M"]), splits), cols_per_split
+
+
 def _row_lse(x, y, s, intra):
     batch, d = x.shape
-    cfg = _config(x)
-    lse = torch.empty(batch, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
-    _row_lse_kernel[(triton.cdiv(batch, cfg["BLOCK_M"]),)](x, y, s, lse, batch, d, INTRA=intra, **cfg)
-    return lse
+    cfg, grid, cols_per_split = _launch_config(x)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    partial_lse = torch.empty(grid[1], batch, dtype=acc, device=x.device)
+    _row_lse_kernel[grid](x, y, s, partial_lse, batch, d, cols_per_split, INTRA=intra, **cfg)
+    return torch.logsumexp(partial_lse, dim=0)
 
 
 def forward(a, b, temperature, normalize, symmetric, intra):
@@ -200,14 +247,14 @@ def forward(a, b, temperature, normalize, symmetric, intra):
 
 def _grad_rows(x, y, s, g, lse_x, lse_y, weight_x, weight_y, intra):
     batch, d = x.shape
-    cfg = _config(x)
-    dx = torch.empty(batch, d, dtype=lse_x.dtype, device=x.device)
-    dlogit_logit = torch.empty(batch, dtype=lse_x.dtype, device=x.device)
-    _grad_rows_kernel[(triton.cdiv(batch, cfg["BLOCK_M"]),)](
-        x, y, s, g, lse_x, lse_y, dx, dlogit_logit, float(weight_x), float(weight_y), batch, d,
-        X_SIDE=weight_x != 0, Y_SIDE=weight_y != 0, INTRA=intra, **cfg
+    cfg, grid, cols_per_split = _launch_config(x)
+    partial_dx = torch.empty(grid[1], batch, d, dtype=lse_x.dtype, device=x.device)
+    partial_dlogit_logit = torch.empty(grid[1], batch, dtype=lse_x.dtype, device=x.device)
+    _grad_rows_kernel[grid](
+        x, y, s, g, lse_x, lse_y, partial_dx, partial_dlogit_logit, float(weight_x), float(weight_y), batch, d,
+        cols_per_split, X_SIDE=weight_x != 0, Y_SIDE=weight_y != 0, INTRA=intra, **cfg
     )
-    return dx, dlogit_logit
+    return partial_dx.sum(dim=0), partial_dlogit_logit.sum(dim=0)
 
 
 def backward(grad_loss, a, b, temperature, lse_a, lse_b, normalize, symmetric, intra):

@@ -136,14 +136,19 @@ TRITON = [p for p in PAIRS if p[0] == "triton"] or [pytest.param("triton", "cpu"
 
 @pytest.mark.parametrize("backend,device", TRITON)
 @pytest.mark.parametrize("block_m,block_n", [(64, 32), (32, 32), (32, 64)])
-def test_triton_gpu_block_shapes(backend, device, block_m, block_n, monkeypatch):
+@pytest.mark.parametrize("column_splits", [1, 3])
+def test_triton_gpu_block_shapes(backend, device, block_m, block_n, column_splits, monkeypatch):
     """The GPU's launch shapes (kernels.info_nce._config: 64 x 32 at d <= 128, 32 x 32 above; rows and columns of
-    different block sizes) on whatever runs Triton here, the interpreter included, for every variant."""
+    different block sizes) on whatever runs Triton here, the interpreter included, for every variant; the columns
+    in one run or cut into up to three (the last one shorter, or fewer splits where there are fewer column tiles)."""
     from mmrec_fast.kernels import info_nce as kernels
 
     monkeypatch.setitem(kernels.TUNING, "BLOCK_M", block_m)
     monkeypatch.setitem(kernels.TUNING, "BLOCK_N", block_n)
+    monkeypatch.setitem(kernels.TUNING, "COLUMN_SPLITS", column_splits)
     assert (kernels._config(torch.zeros(1, 33))["BLOCK_M"], kernels._config(torch.zeros(1, 33))["BLOCK_N"]) == (block_m, block_n)
+    splits, cols_per_split = kernels._column_splits(torch.zeros(70, 33), kernels._config(torch.zeros(1, 33)))
+    assert splits == min(column_splits, -(-70 // block_n)) and (splits - 1) * cols_per_split < 70 <= splits * cols_per_split
     for variant in [(True, False, False), (True, True, True), (False, True, False)]:
         check_parity(backend, device, torch.float32, 70, 33, variant, "none")
         check_parity(backend, device, torch.float64, 45, 7, variant, "mean")
