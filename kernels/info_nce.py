@@ -35,7 +35,7 @@ import triton.language as tl
 
 from . import INTERPRETED
 
-NORM_EPS = 1e-12  # F.normalize's default
+NORM_EPS = tl.constexpr(1e-12)  # F.normalize's default
 
 
 @triton.jit
@@ -140,11 +140,139 @@ def _grad_rows_kernel(
     tl.store(dlogit_logit_ptr + split * batch + rows, dlogit_logit, mask=row_mask)
 
 
+@triton.jit
+def _storable(value, dst_ptr, BF16_BY_HAND: tl.constexpr):
+    """value in dst's dtype. BF16_BY_HAND: Triton 3.9's interpreter truncates fp32 -> bf16 where a GPU rounds to
+    nearest even, so there the rounding is done on the bits first (the cast is then exact)."""
+    if BF16_BY_HAND:
+        bits = value.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        value = bits.to(tl.float32, bitcast=True)
+    return value.to(dst_ptr.dtype.element_ty)
+
+
+@triton.jit
+def _normalize_block(
+    src_ptr, dst_ptr, inv_ptr, rows, row_mask, dims, dim_mask, d, ACC: tl.constexpr, BF16_BY_HAND: tl.constexpr
+):
+    """dst = src / max(|src|, eps) for the rows `rows` (F.normalize), computed in ACC, stored in dst's dtype;
+    1 / max(|src|, eps) to inv_ptr."""
+    mask = row_mask[:, None] & dim_mask[None, :]
+    block = tl.load(src_ptr + rows[:, None] * d + dims[None, :], mask=mask, other=0.0).to(ACC)
+    sum_sq = tl.sum(block * block, axis=1)
+    # IEEE square root and division, as torch: Triton's default fp32 ones are approximate, and a row of d = 1 must
+    # come out exactly +-1 (its gradient is then exactly 0).
+    if ACC == tl.float64:
+        norm = tl.maximum(tl.sqrt(sum_sq), tl.full([1], NORM_EPS, ACC))
+        x, inv_norm = block / norm[:, None], 1.0 / norm
+    else:
+        norm = tl.maximum(tl.math.sqrt_rn(sum_sq), tl.full([1], NORM_EPS, ACC))
+        x, inv_norm = tl.math.div_rn(block, norm[:, None] + tl.zeros_like(block)), tl.math.div_rn(tl.full([1], 1.0, ACC) + tl.zeros_like(norm), norm)
+    tl.store(dst_ptr + rows[:, None] * d + dims[None, :], _storable(x, dst_ptr, BF16_BY_HAND), mask=mask)
+    tl.store(inv_ptr + rows, inv_norm, mask=row_mask)
+
+
+@triton.jit
+def _normalize_rows_kernel(
+    a_ptr, b_ptr, x_ptr, y_ptr, inv_a_ptr, inv_b_ptr, batch, d,
+    ACC: tl.constexpr, BF16_BY_HAND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The prologue: both inputs' rows normalised in one launch (BLOCK_R rows a program)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dims = tl.arange(0, BLOCK_D)
+    _normalize_block(a_ptr, x_ptr, inv_a_ptr, rows, rows < batch, dims, dims < d, d, ACC, BF16_BY_HAND)
+    _normalize_block(b_ptr, y_ptr, inv_b_ptr, rows, rows < batch, dims, dims < d, d, ACC, BF16_BY_HAND)
+
+
+@triton.jit
+def _combine_splits(partial_ptr, rows, row_mask, batch, splits, ACC: tl.constexpr, BLOCK_R: tl.constexpr):
+    """log-sum-exp over the splits of the (splits, batch) partial log-sum-exps, rows `rows`, in split order."""
+    m = tl.full([BLOCK_R], float("-inf"), ACC)
+    for k in range(0, splits):
+        m = tl.maximum(m, tl.load(partial_ptr + k * batch + rows, mask=row_mask, other=0.0))
+    l = tl.zeros([BLOCK_R], ACC)
+    for k in range(0, splits):
+        l += tl.exp(tl.load(partial_ptr + k * batch + rows, mask=row_mask, other=0.0) - m)
+    return m + tl.log(l)
+
+
+@triton.jit
+def _loss_rows_kernel(
+    x_ptr, y_ptr, s_ptr, partial_lse_a_ptr, partial_lse_b_ptr, lse_a_ptr, lse_b_ptr, loss_ptr, batch, d, splits,
+    SYMMETRIC: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The forward's epilogue, row-wise: the splits' log-sum-exps combined, the positive logit s x_i . y_i, and
+    loss_i = lse_i - positive_i (symmetric: the mean of both sides')."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < batch
+    dims = tl.arange(0, BLOCK_D)
+    x = _load_rows(x_ptr, rows, row_mask, dims, dims < d, d, False).to(ACC)
+    y = _load_rows(y_ptr, rows, row_mask, dims, dims < d, d, False).to(ACC)
+    positive = tl.load(s_ptr).to(ACC) * tl.sum(x * y, axis=1)
+    lse_a = _combine_splits(partial_lse_a_ptr, rows, row_mask, batch, splits, ACC, BLOCK_R)
+    tl.store(lse_a_ptr + rows, lse_a, mask=row_mask)
+    if SYMMETRIC:
+        lse_b = _combine_splits(partial_lse_b_ptr, rows, row_mask, batch, splits, ACC, BLOCK_R)
+        tl.store(lse_b_ptr + rows, lse_b, mask=row_mask)
+        loss = 0.5 * ((lse_a - positive) + (lse_b - positive))
+    else:
+        loss = lse_a - positive
+    tl.store(loss_ptr + rows, loss, mask=row_mask)
+
+
+@triton.jit
+def _finish_grad_side(
+    partial_ptr, partial_t_ptr, x_ptr, inv_ptr, out_ptr, rows, row_mask, dims, dim_mask, batch, d, splits,
+    NORMALIZE: tl.constexpr, ACC: tl.constexpr, BF16_BY_HAND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One side's gradient rows: the splits' partial dX summed in split order, then the normalisation's backward
+    (g - x (x . g)) / |a| (g / eps where |a| <= eps), stored in the input's dtype; returns the rows' dL L sums."""
+    mask = row_mask[:, None] & dim_mask[None, :]
+    grad = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+    dlogit_logit = tl.zeros([BLOCK_R], ACC)
+    for k in range(0, splits):
+        grad += tl.load(partial_ptr + k * batch * d + rows[:, None] * d + dims[None, :], mask=mask, other=0.0)
+        dlogit_logit += tl.load(partial_t_ptr + k * batch + rows, mask=row_mask, other=0.0)
+    if NORMALIZE:
+        x = _load_rows(x_ptr, rows, row_mask, dims, dim_mask, d, False).to(ACC)
+        inv_norm = tl.load(inv_ptr + rows, mask=row_mask, other=1.0)
+        projected = grad - x * tl.sum(x * grad, axis=1)[:, None]
+        clamped = inv_norm >= 1.0 / NORM_EPS
+        grad = tl.where(clamped[:, None], grad, projected) * inv_norm[:, None]
+    tl.store(out_ptr + rows[:, None] * d + dims[None, :], _storable(grad, out_ptr, BF16_BY_HAND), mask=mask)
+    return dlogit_logit
+
+
+@triton.jit
+def _finish_grad_kernel(
+    partial_dx_ptr, partial_dy_ptr, partial_tx_ptr, partial_ty_ptr, x_ptr, y_ptr, inv_a_ptr, inv_b_ptr,
+    grad_a_ptr, grad_b_ptr, dlogit_logit_ptr, batch, d, splits,
+    NORMALIZE: tl.constexpr, ACC: tl.constexpr, BF16_BY_HAND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The backward's epilogue, row-wise, both sides in one launch; per-row dL L sums of both sides to
+    dlogit_logit_ptr."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < batch
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < d
+    t_a = _finish_grad_side(
+        partial_dx_ptr, partial_tx_ptr, x_ptr, inv_a_ptr, grad_a_ptr, rows, row_mask, dims, dim_mask, batch, d, splits,
+        NORMALIZE, ACC, BF16_BY_HAND, BLOCK_R, BLOCK_D,
+    )  # fmt: skip
+    t_b = _finish_grad_side(
+        partial_dy_ptr, partial_ty_ptr, y_ptr, inv_b_ptr, grad_b_ptr, rows, row_mask, dims, dim_mask, batch, d, splits,
+        NORMALIZE, ACC, BF16_BY_HAND, BLOCK_R, BLOCK_D,
+    )  # fmt: skip
+    tl.store(dlogit_logit_ptr + rows, t_a + t_b, mask=row_mask)
+
+
 def _config(x: torch.Tensor) -> dict:
-    """Accumulation dtype, dot precision and block shapes. On a GPU (H100 sweep, benchmarks/tune_gpu.py, B = 8192
-    fwd+bwd): fp32 tiles as 3xTF32 products (tensor cores; 2.9e-7 relative error against float64, below exact
-    FMA products' 1.6e-6) at 64 x 64 (d <= 64) or 64 x 32 (d <= 128) run 2.7x-34x faster than exact "ieee"
-    products, whose 64 x 64 tiles were pathologically slow (80 ms at d = 64)."""
+    """Accumulation dtype, dot precision, block shapes and warps. On a GPU (H100 sweeps, benchmarks/tune_gpu.py,
+    B = 8192 fwd+bwd, benchmarks/results/tune-h100-*.txt): fp32 tiles as 3xTF32 products (tensor cores; 2.9e-7
+    relative error against float64, below exact FMA products' 1.6e-6) run 2.7x-34x faster than exact "ieee"
+    products, whose 64 x 64 tiles were pathologically slow (80 ms at d = 64). With the column splits, 128 x 64
+    tiles on 8 warps (d <= 64: 0.98 ms against 1.14 ms at 64 x 64) and 32 x 32 (d <= 128: 2.72 ms against
+    3.22 ms at 64 x 32) were the fastest; exact products (float64) keep the first sweep's smaller tiles."""
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     block_d = max(16, triton.next_power_of_2(x.shape[1]))
     if x.dtype == torch.float64:
@@ -162,23 +290,16 @@ def _config(x: torch.Tensor) -> dict:
         block_m = block_n = 64
     else:
         block_m, block_n = (64, 64) if block_d <= 64 else ((64, 32) if block_d <= 128 else (32, 32))
+    warps = 4
+    if not INTERPRETED and precision != "ieee":  # tensor-core tiles (the second H100 sweep, with column splits)
+        block_m, block_n, warps = (128, 64, 8) if block_d <= 64 else (32, 32, 4)
     config = dict(ACC=acc, DOT_PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
-    return {**config, **TUNING}
+    return {**config, "num_warps": warps, **TUNING}
 
 
 #: Overrides of the launch configuration (BLOCK_M, BLOCK_N, DOT_PRECISION, num_warps, num_stages) for tuning runs
 #: (benchmarks/tune_gpu.py); empty in normal use.
 TUNING: dict = {}
-
-
-def _normalized(a: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows for the logits, in a's dtype (computed in the accumulation dtype), and 1 / max(|a_i|, eps)."""
-    if not normalize:
-        return a.contiguous(), None
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    a_acc = a.to(acc)
-    norm = a_acc.norm(dim=1).clamp_min(NORM_EPS)
-    return (a_acc / norm[:, None]).to(a.dtype).contiguous(), 1.0 / norm
 
 
 #: Programs per multiprocessor the column split aims at (H100 sweep, benchmarks/tune_gpu.py); in the interpreter,
@@ -220,32 +341,69 @@ def _launch_config(x: torch.Tensor) -> tuple[dict, tuple[int, int], int]:
     return kernel_cfg, (triton.cdiv(x.shape[0], cfg["BLOCK_M"]), splits), cols_per_split
 
 
-def _row_lse(x, y, s, intra):
+def _row_config(x: torch.Tensor) -> dict:
+    """ACC, BLOCK_R, BLOCK_D (and the interpreter's bf16 rounding) of the row-wise kernels: whole rows, about 2048
+    elements a program."""
+    cfg = _config(x)
+    block_d = triton.next_power_of_2(x.shape[1])
+    return dict(ACC=cfg["ACC"], BLOCK_R=max(1, 2048 // block_d), BLOCK_D=block_d)
+
+
+def _bf16_by_hand(x: torch.Tensor) -> bool:
+    return INTERPRETED and x.dtype == torch.bfloat16
+
+
+def _row_grid(x: torch.Tensor, cfg: dict) -> tuple[int]:
+    return (triton.cdiv(x.shape[0], cfg["BLOCK_R"]),)
+
+
+def _normalized(a, b, normalize):
+    """(x, y, 1 / max(|a_i|, eps), 1 / max(|b_i|, eps)): the rows for the logits in the inputs' dtype, computed in
+    the accumulation dtype by one launch; with normalize=False a and b themselves (and no norms)."""
+    if not normalize:
+        return a, b, None, None
+    batch, d = a.shape
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    x, y = torch.empty_like(a), torch.empty_like(b)
+    inv_a, inv_b = torch.empty(batch, dtype=acc, device=a.device), torch.empty(batch, dtype=acc, device=a.device)
+    cfg = _row_config(a)
+    _normalize_rows_kernel[_row_grid(a, cfg)](a, b, x, y, inv_a, inv_b, batch, d, BF16_BY_HAND=_bf16_by_hand(a), **cfg)
+    return x, y, inv_a, inv_b
+
+
+def _partial_row_lse(x, y, s, intra):
+    """(splits, B): each split's log-sum-exp over its columns."""
     batch, d = x.shape
     cfg, grid, cols_per_split = _launch_config(x)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     partial_lse = torch.empty(grid[1], batch, dtype=acc, device=x.device)
     _row_lse_kernel[grid](x, y, s, partial_lse, batch, d, cols_per_split, INTRA=intra, **cfg)
-    return torch.logsumexp(partial_lse, dim=0)
+    return partial_lse
 
 
 def forward(a, b, temperature, normalize, symmetric, intra):
     """(loss (B,), lse_a (B,), lse_b (B,) or (0,)), all in the accumulation dtype."""
-    x, _ = _normalized(a, normalize)
-    y, _ = _normalized(b, normalize)
-    s = (1.0 / temperature).to(torch.float64 if a.dtype == torch.float64 else torch.float32).reshape(1)
-    lse_a = _row_lse(x, y, s, intra)
-    positive = s * (x.to(lse_a.dtype) * y.to(lse_a.dtype)).sum(dim=1)
-    if symmetric:
-        lse_b = _row_lse(y, x, s, intra)
-        loss = 0.5 * ((lse_a - positive) + (lse_b - positive))
-    else:
-        lse_b = lse_a.new_empty(0)
-        loss = lse_a - positive
+    x, y, _, _ = _normalized(a, b, normalize)
+    return _loss(x, y, torch.reciprocal(temperature).reshape(1), symmetric, intra)
+
+
+def _loss(x, y, s, symmetric, intra):
+    """(loss (B,), lse_a (B,), lse_b (B,) or (0,)) from the rows of the logits and s = 1 / t."""
+    batch, d = x.shape
+    partial_a = _partial_row_lse(x, y, s, intra)
+    partial_b = _partial_row_lse(y, x, s, intra) if symmetric else partial_a
+    lse_a, loss = torch.empty_like(partial_a[0]), torch.empty_like(partial_a[0])
+    lse_b = torch.empty_like(lse_a) if symmetric else lse_a.new_empty(0)
+    cfg = _row_config(x)
+    _loss_rows_kernel[_row_grid(x, cfg)](
+        x, y, s, partial_a, partial_b, lse_a, lse_b, loss, batch, d, partial_a.shape[0], SYMMETRIC=symmetric, **cfg
+    )
     return loss, lse_a, lse_b
 
 
-def _grad_rows(x, y, s, g, lse_x, lse_y, weight_x, weight_y, intra):
+def _partial_grad_rows(x, y, s, g, lse_x, lse_y, weight_x, weight_y, intra):
+    """((splits, B, d), (splits, B)): each split's share of dX (before the normalisation's backward) and of the
+    per-row sums dL_ij L_ij."""
     batch, d = x.shape
     cfg, grid, cols_per_split = _launch_config(x)
     partial_dx = torch.empty(grid[1], batch, d, dtype=lse_x.dtype, device=x.device)
@@ -254,37 +412,49 @@ def _grad_rows(x, y, s, g, lse_x, lse_y, weight_x, weight_y, intra):
         x, y, s, g, lse_x, lse_y, partial_dx, partial_dlogit_logit, float(weight_x), float(weight_y), batch, d,
         cols_per_split, X_SIDE=weight_x != 0, Y_SIDE=weight_y != 0, INTRA=intra, **cfg
     )
-    return partial_dx.sum(dim=0), partial_dlogit_logit.sum(dim=0)
+    return partial_dx, partial_dlogit_logit
 
 
 def backward(grad_loss, a, b, temperature, lse_a, lse_b, normalize, symmetric, intra):
     """(grad_a, grad_b, grad_temperature) of sum_i grad_loss_i loss_i."""
-    x, inv_a = _normalized(a, normalize)
-    y, inv_b = _normalized(b, normalize)
-    acc = lse_a.dtype
-    s = (1.0 / temperature).to(acc).reshape(1)
-    g = grad_loss.to(acc).contiguous()
+    x, y, inv_a, inv_b = _normalized(a, b, normalize)
+    s = torch.reciprocal(temperature).reshape(1)
+    return _gradients(a, b, x, y, inv_a, inv_b, temperature, s, grad_loss.to(lse_a.dtype).contiguous(), lse_a, lse_b, symmetric, intra)
+
+
+def fused(a, b, temperature, normalize, symmetric, intra, weights):
+    """(sum_i weights_i loss_i, grad_a, grad_b, grad_temperature) of that sum, in one call: the forward and the
+    backward passes back to back, the normalised rows made once (the op behind reduction="mean"/"sum" when a
+    gradient is needed; its backward only scales the three gradients)."""
+    x, y, inv_a, inv_b = _normalized(a, b, normalize)
+    s = torch.reciprocal(temperature).reshape(1)
+    loss, lse_a, lse_b = _loss(x, y, s, symmetric, intra)
+    grad_a, grad_b, grad_t = _gradients(a, b, x, y, inv_a, inv_b, temperature, s, weights, lse_a, lse_b, symmetric, intra)
+    return torch.dot(weights, loss), grad_a, grad_b, grad_t
+
+
+def _gradients(a, b, x, y, inv_a, inv_b, temperature, s, g, lse_a, lse_b, symmetric, intra):
+    """(grad_a, grad_b, grad_temperature) of sum_i g_i loss_i, given the rows x, y of the logits (inv_a / inv_b:
+    the inverse norms, None without normalisation) and the log-sum-exps."""
+    batch, d = a.shape
     w_a, w_b = (0.5, 0.5) if symmetric else (1.0, 0.0)
     lse_b_or_a = lse_b if symmetric else lse_a  # never read in the one-way case (weight 0, no Y side)
     # dX: rows of a against b (columns: the b->a side when symmetric) and, intra, against a.
-    dx, tx = _grad_rows(x, y, s, g, lse_a, lse_b_or_a, w_a, w_b, intra)
+    dx, tx = _partial_grad_rows(x, y, s, g, lse_a, lse_b_or_a, w_a, w_b, intra)
     # dY: the same kernel with the sides swapped; in the one-way case the b side has no denominators of its own.
     if symmetric:
-        dy, ty = _grad_rows(y, x, s, g, lse_b, lse_a, w_b, w_a, intra)
+        dy, ty = _partial_grad_rows(y, x, s, g, lse_b, lse_a, w_b, w_a, intra)
     else:
-        dy, ty = _grad_rows(y, x, s, g, lse_a, lse_a, 0.0, w_a, False)
-    x_acc, y_acc = x.to(acc), y.to(acc)
+        dy, ty = _partial_grad_rows(y, x, s, g, lse_a, lse_a, 0.0, w_a, False)
+    grad_a, grad_b, dlogit_logit = torch.empty_like(a), torch.empty_like(b), torch.empty_like(g)
+    normalize = inv_a is not None
+    cfg = _row_config(a)
+    _finish_grad_kernel[_row_grid(a, cfg)](
+        dx, dy, tx, ty, x, y, inv_a if normalize else g, inv_b if normalize else g, grad_a, grad_b, dlogit_logit,
+        batch, d, dx.shape[0], NORMALIZE=normalize, BF16_BY_HAND=_bf16_by_hand(a), **cfg,
+    )  # fmt: skip
     # dloss/ds = sum over every logit of dL L / s; the two launches see each logit's full gradient once each
-    # (intra: both halves of M on each row), so their per-row sums add up to twice that sum.
-    grad_t = -(tx.sum() + ty.sum()) / (2 * temperature.to(acc))
-    if normalize:
-        dx = _normalize_backward(x_acc, inv_a, dx)
-        dy = _normalize_backward(y_acc, inv_b, dy)
-    return dx.to(a.dtype), dy.to(b.dtype), grad_t.to(temperature.dtype)
-
-
-def _normalize_backward(x, inv_norm, grad):
-    """Backward of x = a / max(|a|, eps): (g - x (x . g)) / |a| where |a| > eps, g / eps elsewhere."""
-    projected = grad - x * (x * grad).sum(dim=1, keepdim=True)
-    clamped = (inv_norm >= 1.0 / NORM_EPS)[:, None]
-    return torch.where(clamped, grad, projected) * inv_norm[:, None]
+    # (intra: both halves of M on each row), so their per-row sums add up to twice that sum: dloss/dt is
+    # -(sum dL L) / (2 t).
+    grad_t = dlogit_logit.sum().div(temperature).mul(-0.5)
+    return grad_a, grad_b, grad_t.to(temperature.dtype)

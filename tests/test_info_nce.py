@@ -135,11 +135,12 @@ TRITON = [p for p in PAIRS if p[0] == "triton"] or [pytest.param("triton", "cpu"
 
 
 @pytest.mark.parametrize("backend,device", TRITON)
-@pytest.mark.parametrize("block_m,block_n", [(64, 32), (32, 32), (32, 64)])
+@pytest.mark.parametrize("block_m,block_n", [(128, 64), (64, 32), (32, 32), (32, 64)])
 @pytest.mark.parametrize("column_splits", [1, 3])
 def test_triton_gpu_block_shapes(backend, device, block_m, block_n, column_splits, monkeypatch):
-    """The GPU's launch shapes (kernels.info_nce._config: 64 x 32 at d <= 128, 32 x 32 above; rows and columns of
-    different block sizes) on whatever runs Triton here, the interpreter included, for every variant; the columns
+    """The GPU's launch shapes (kernels.info_nce._config: 128 x 64 at d <= 64, 32 x 32 above with tensor-core
+    products, 64 x 32 for exact ones; rows and columns of different block sizes) on whatever runs Triton here, the
+    interpreter included, for every variant; the columns
     in one run or cut into up to three (the last one shorter, or fewer splits where there are fewer column tiles)."""
     from mmrec_fast.kernels import info_nce as kernels
 

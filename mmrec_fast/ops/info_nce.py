@@ -10,9 +10,12 @@ form), a, b: (B, d), temperature: 0-dim tensor in the accumulation dtype, on a's
     info_nce_fused(a, b, temperature, ..., weights (B,)) -> (sum_i weights_i loss_i, grad_a, grad_b, grad_temperature)
 
 ``info_nce`` saves only the inputs and the per-row log-sum-exps (lse_b: the b->a ones, (0,) unless symmetric); its
-backward recomputes the logit tiles. ``info_nce_fused`` (native CPU) computes the gradient in the forward: it runs
-when the reduction is "mean" or "sum" and a gradient is needed, and its backward only scales the saved gradients
-by grad_output (csrc/cpu/info_nce.cpp says why, with the measurements). The loss is reduced here, in Python, for
+backward recomputes the logit tiles. ``info_nce_fused`` (native CPU, and Triton as ``info_nce_fused_triton``)
+computes the gradient in the forward: it runs when the reduction is "mean" or "sum" and a gradient is needed, and
+its backward only scales the saved gradients by grad_output. On the CPU it reuses the forward's tiles
+(csrc/cpu/info_nce.cpp says why, with the measurements); on a GPU it runs the same kernels as the two-op path but
+in one call, which saves the host the second custom op and its autograd node (a GPU call at B = 8192 is
+host-bound: benchmarks/results/info_nce-h100-*.txt). The loss is reduced here, in Python, for
 ``info_nce``; backward is not itself differentiable (no double backward).
 """
 
@@ -42,6 +45,7 @@ SUPPORT = backends.OpSupport(
 REDUCTIONS = ("mean", "sum", "none")
 _FORWARD_TRITON = "mmrec_fast::info_nce_triton"
 _BACKWARD_TRITON = "mmrec_fast::info_nce_backward_triton"
+_FUSED_TRITON = "mmrec_fast::info_nce_fused_triton"
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -65,6 +69,16 @@ def _info_nce_backward_triton(
     from mmrec_fast.kernels import info_nce as triton_info_nce
 
     return triton_info_nce.backward(grad_loss, a, b, temperature, lse_a, lse_b, normalize, symmetric, intra_view_negatives)
+
+
+@torch.library.custom_op(_FUSED_TRITON, mutates_args=())
+def _info_nce_fused_triton(
+    a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor, normalize: bool, symmetric: bool,
+    intra_view_negatives: bool, weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    from mmrec_fast.kernels import info_nce as triton_info_nce
+
+    return triton_info_nce.fused(a, b, temperature, normalize, symmetric, intra_view_negatives, weights)
 
 
 def _forward_fake(a, b, temperature, normalize, symmetric, intra_view_negatives):
@@ -109,9 +123,11 @@ def _fused_backward(ctx, grad_loss, _ga, _gb, _gt):
 def _register_triton() -> None:
     torch.library.register_fake(_FORWARD_TRITON)(_forward_fake)
     torch.library.register_fake(_BACKWARD_TRITON)(_backward_fake)
+    torch.library.register_fake(_FUSED_TRITON)(_fused_fake)
     torch.library.register_autograd(
         _FORWARD_TRITON, _backward_through(torch.ops.mmrec_fast.info_nce_backward_triton), setup_context=_forward_setup_context
     )
+    torch.library.register_autograd(_FUSED_TRITON, _fused_backward, setup_context=_fused_setup_context)
 
 
 def _register_native() -> None:
@@ -219,8 +235,8 @@ def info_nce(
           float32 for t < ~0.0115; this op does not.
         * CLIP-style symmetric losses: ``symmetric=True``.
 
-    On the native CPU backend, when a gradient is needed and the reduction is "mean" or "sum", the forward also
-    computes the gradient (the backward then only scales it); with "none" the backward recomputes the tiles.
+    When a gradient is needed and the reduction is "mean" or "sum", the forward also computes the gradient (the
+    backward then only scales it); with "none" the backward recomputes the tiles.
     """
     _check(a, b, temperature, normalize, symmetric, intra_view_negatives, reduction)
     chosen = backends.resolve(SUPPORT, a, backend)
@@ -230,13 +246,16 @@ def info_nce(
     if isinstance(temperature, torch.Tensor):
         t = temperature.reshape(()).to(device=a.device, dtype=acc)
     else:
-        t = torch.tensor(float(temperature), dtype=acc, device=a.device)
+        # torch.full fills on the device; torch.tensor would copy from pageable host memory, which waits for the
+        # stream (a host sync per call on a GPU).
+        t = torch.full((), float(temperature), dtype=acc, device=a.device)
     a, b = a.contiguous(), b.contiguous()
     needs_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or t.requires_grad)
-    if chosen == "native" and needs_grad and reduction != "none":
+    if needs_grad and reduction != "none":
         batch = a.shape[0]
         weights = torch.full((batch,), 1.0 / batch if reduction == "mean" else 1.0, dtype=acc, device=a.device)
-        loss = torch.ops.mmrec_fast.info_nce_fused(a, b, t, normalize, symmetric, intra_view_negatives, weights)[0]
+        fused = torch.ops.mmrec_fast.info_nce_fused if chosen == "native" else torch.ops.mmrec_fast.info_nce_fused_triton
+        loss = fused(a, b, t, normalize, symmetric, intra_view_negatives, weights)[0]
         return loss.to(a.dtype)
     op = torch.ops.mmrec_fast.info_nce if chosen == "native" else torch.ops.mmrec_fast.info_nce_triton
     rows = op(a, b, t, normalize, symmetric, intra_view_negatives)[0]  # in the accumulation dtype
