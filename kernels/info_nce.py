@@ -1,15 +1,24 @@
 """Triton kernels of InfoNCE with in-batch negatives: flash-style tiles, memory O(B d), no atomics.
 
-Same math as the native kernels (csrc/cpu/info_nce.cpp). Rows are L2-normalised (when asked) by torch in the
-prologue; s = 1 / t is read from a device pointer (no host sync). What the kernels fuse and what they follow
-(Inf-CL, Wang et al., arXiv 2410.17243; FlashAttention-2's online softmax):
+Same math as the native kernels (csrc/cpu/info_nce.cpp); s = 1 / t is read from a device pointer (no host sync).
+What the kernels fuse and what they follow (Inf-CL, Wang et al., arXiv 2410.17243; FlashAttention-2's online
+softmax; flash-decoding's split of the key axis):
 
+* Column splits: one program per BLOCK_M rows leaves most of a GPU idle (B = 8192: 64-128 programs for 132
+  multiprocessors), so both tile kernels also cut the columns into runs of whole BLOCK_N tiles (grid axis 1) and
+  write per-split partial results; the row-wise epilogues combine them in split order (no atomics, deterministic).
+* Row-wise prologue and epilogues, one launch each: ``_normalize_rows_kernel`` (both inputs' rows L2-normalised,
+  IEEE sqrt and division as torch, and their inverse norms), ``_loss_rows_kernel`` (the splits' log-sum-exps
+  combined, the positive logit, the per-row loss) and ``_finish_grad_kernel`` (the splits' partial gradients
+  summed, the normalisation's backward, both sides). They replace some forty small torch ops: a GPU call at
+  B = 8192 was host-bound (benchmarks/results/info_nce-h100-2026-11-22.txt). ``fused`` runs forward and
+  backward in one call (reduction "mean" / "sum" with a gradient), which saves the second custom op.
 * ``_row_lse_kernel``: each program owns BLOCK_M rows of X and walks the rows of Y (and, with intra-view
   negatives, of X itself, the diagonal masked) BLOCK_N at a time: logits = s X_I Y_J^T with ``tl.dot`` (fp32
   accumulation; fp32 inputs as 3xTF32 products on a GPU, fp32-level accuracy, see _config), then the online
-  log-sum-exp update. Only the
-  per-row lse is written. The b->a (column) log-sum-exps of a symmetric loss are the same kernel launched with X
-  and Y swapped: one more GEMM per tile instead of atomics or partial column buffers.
+  log-sum-exp update. Only the per-row (per-split) lse is written. The b->a (column) log-sum-exps of a symmetric
+  loss are the same kernel launched with X and Y swapped: one more GEMM per tile instead of atomics or partial
+  column buffers.
 * ``_grad_rows_kernel``: the gradient with respect to the rows of X, row-parallel: each program recomputes its
   row tiles, forms dL = w_x g_i (exp(L - lse_x_i) - I) + w_y g_j (exp(L - lse_y_j) - I) in registers and
   accumulates dX_I += dL Y_J; with intra-view negatives dM = w_x (g_i exp(M - lse_x_i) + g_j exp(M - lse_x_j))
