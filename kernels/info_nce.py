@@ -94,7 +94,8 @@ def _row_lse_kernel(
 @triton.jit
 def _grad_rows_kernel(
     x_ptr, y_ptr, s_ptr, g_ptr, lse_x_ptr, lse_y_ptr, dx_ptr, dlogit_logit_ptr, weight_x, weight_y, batch, d,
-    cols_per_split, X_SIDE: tl.constexpr, Y_SIDE: tl.constexpr, INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    cols_per_split,
+    X_SIDE: tl.constexpr, Y_SIDE: tl.constexpr, INTRA: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -176,7 +177,8 @@ def _normalize_block(
         x, inv_norm = block / norm[:, None], 1.0 / norm
     else:
         norm = tl.maximum(tl.math.sqrt_rn(sum_sq), tl.full([1], NORM_EPS, ACC))
-        x, inv_norm = tl.math.div_rn(block, norm[:, None] + tl.zeros_like(block)), tl.math.div_rn(tl.full([1], 1.0, ACC) + tl.zeros_like(norm), norm)
+        x = tl.math.div_rn(block, norm[:, None] + tl.zeros_like(block))  # div_rn does not broadcast
+        inv_norm = tl.math.div_rn(tl.zeros_like(norm) + 1.0, norm)
     tl.store(dst_ptr + rows[:, None] * d + dims[None, :], _storable(x, dst_ptr, BF16_BY_HAND), mask=mask)
     tl.store(inv_ptr + rows, inv_norm, mask=row_mask)
 
@@ -292,15 +294,14 @@ def _config(x: torch.Tensor) -> dict:
         precision = "tf32"  # fp16 / bf16 products are exact on the tensor cores whatever this says
     # Triton 3.9's interpreter computes tl.dot on bfloat16 operands wrongly (values ~1e10): there, bf16 tiles are
     # upcast to fp32 after loading (the products of bf16 values are exact in fp32, so the results agree).
-    upcast = INTERPRETED and x.dtype == torch.bfloat16
+    upcast = _interpreter_bf16(x)
     if upcast:
         precision = "ieee"
     if INTERPRETED:  # the interpreter's cost is per program, not per element: larger blocks
-        block_m = block_n = 64
-    else:
-        block_m, block_n = (64, 64) if block_d <= 64 else ((64, 32) if block_d <= 128 else (32, 32))
-    warps = 4
-    if not INTERPRETED and precision != "ieee":  # tensor-core tiles (the second H100 sweep, with column splits)
+        block_m, block_n, warps = 64, 64, 4
+    elif precision == "ieee":  # exact products (float64): the first H100 sweep
+        block_m, block_n, warps = (64, 64, 4) if block_d <= 64 else ((64, 32, 4) if block_d <= 128 else (32, 32, 4))
+    else:  # tensor-core products: the second H100 sweep, with column splits
         block_m, block_n, warps = (128, 64, 8) if block_d <= 64 else (32, 32, 4)
     config = dict(ACC=acc, DOT_PRECISION=precision, UPCAST=upcast, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
     return {**config, "num_warps": warps, **TUNING}
@@ -332,7 +333,8 @@ def _column_splits(x: torch.Tensor, cfg: dict) -> tuple[int, int]:
     else:
         programs = INTERPRETER_PROGRAMS if INTERPRETED else PROGRAMS_PER_SM * _multiprocessors(x.device)
         wanted = triton.cdiv(programs, row_blocks)
-    wanted = max(1, min(wanted, col_blocks, SPLIT_BUFFER_BYTES // max(1, batch * d * x.element_size())))
+    acc_bytes = 8 if x.dtype == torch.float64 else 4  # the partial buffers are in the accumulation dtype
+    wanted = max(1, min(wanted, col_blocks, SPLIT_BUFFER_BYTES // max(1, batch * d * acc_bytes)))
     blocks_per_split = triton.cdiv(col_blocks, wanted)
     return triton.cdiv(col_blocks, blocks_per_split), blocks_per_split * cfg["BLOCK_N"]
 
@@ -358,7 +360,9 @@ def _row_config(x: torch.Tensor) -> dict:
     return dict(ACC=cfg["ACC"], BLOCK_R=max(1, 2048 // block_d), BLOCK_D=block_d)
 
 
-def _bf16_by_hand(x: torch.Tensor) -> bool:
+def _interpreter_bf16(x: torch.Tensor) -> bool:
+    """Triton 3.9's interpreter mishandles bfloat16 (tl.dot on bf16 operands, fp32 -> bf16 casts): the tile kernels
+    upcast bf16 tiles (UPCAST) and the row kernels round bf16 stores by hand (BF16_BY_HAND) there."""
     return INTERPRETED and x.dtype == torch.bfloat16
 
 
@@ -376,7 +380,7 @@ def _normalized(a, b, normalize):
     x, y = torch.empty_like(a), torch.empty_like(b)
     inv_a, inv_b = torch.empty(batch, dtype=acc, device=a.device), torch.empty(batch, dtype=acc, device=a.device)
     cfg = _row_config(a)
-    _normalize_rows_kernel[_row_grid(a, cfg)](a, b, x, y, inv_a, inv_b, batch, d, BF16_BY_HAND=_bf16_by_hand(a), **cfg)
+    _normalize_rows_kernel[_row_grid(a, cfg)](a, b, x, y, inv_a, inv_b, batch, d, BF16_BY_HAND=_interpreter_bf16(a), **cfg)
     return x, y, inv_a, inv_b
 
 
@@ -458,9 +462,10 @@ def _gradients(a, b, x, y, inv_a, inv_b, temperature, s, g, lse_a, lse_b, symmet
     grad_a, grad_b, dlogit_logit = torch.empty_like(a), torch.empty_like(b), torch.empty_like(g)
     normalize = inv_a is not None
     cfg = _row_config(a)
+    # Without normalisation the inverse-norm pointers are not read: g stands in for them.
     _finish_grad_kernel[_row_grid(a, cfg)](
         dx, dy, tx, ty, x, y, inv_a if normalize else g, inv_b if normalize else g, grad_a, grad_b, dlogit_logit,
-        batch, d, dx.shape[0], NORMALIZE=normalize, BF16_BY_HAND=_bf16_by_hand(a), **cfg,
+        batch, d, dx.shape[0], NORMALIZE=normalize, BF16_BY_HAND=_interpreter_bf16(a), **cfg,
     )  # fmt: skip
     # dloss/ds = sum over every logit of dL L / s; the two launches see each logit's full gradient once each
     # (intra: both halves of M on each row), so their per-row sums add up to twice that sum: dloss/dt is

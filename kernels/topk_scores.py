@@ -108,6 +108,7 @@ def _topk_scores_kernel(
         tl.store(out_values_ptr + out_offsets, tl.where(empty, float("-inf"), value), mask=row_mask)
         tl.store(out_index_ptr + out_offsets, tl.where(empty, -1, index), mask=row_mask)
 
+
 def _launch_config(d: int, k_pad: int) -> dict:
     """Block shapes, warps and dot precision. On a GPU (H100 sweep, benchmarks/tune_gpu.py, knn N=50,000 d=384
     k=10): fp32 tiles as 3xTF32 products (tensor cores, error at fp32 level: 4.8e-7 against float64, exact on the

@@ -215,6 +215,5 @@ int64_t tile_edge(int64_t tile_bytes) {
   return edge;
 }
 
-
 }  // namespace tile_topk
 }  // namespace mmrec_fast
