@@ -66,10 +66,13 @@ at::Tensor propagate_chain(const at::Tensor& x, const at::Tensor& rowptr, const 
 
   const at::Tensor none;
   const at::Tensor left_t = left.value_or(none), right_t = right.value_or(none);
-  // Row scale of the intermediate steps: left * right (either alone when the other is absent).
-  const at::Tensor mid_scale = left_t.defined() && right_t.defined() ? left_t * right_t
-                               : left_t.defined()                    ? left_t
-                                                                     : right_t;
+  // Row scale of the intermediate steps: left * right (either alone when the other is absent). Only chains of
+  // two or more layers have intermediate steps, and only square graphs have those: one layer of an (m, n) graph
+  // never forms it (left is (m,), right (n,)).
+  const at::Tensor mid_scale = num_layers < 2                             ? none
+                               : left_t.defined() && right_t.defined() ? left_t * right_t
+                               : left_t.defined()                      ? left_t
+                                                                       : right_t;
   // Per-source scale of the first step, which gathers x: w_L * right (nothing when that is all ones).
   const double w_last = weights[num_layers];
   const at::Tensor first_scale =

@@ -199,7 +199,11 @@ def propagate(
     partials = torch.empty(max(segments.max_partials, 1), d, dtype=acc_dtype, device=x.device)
     out = torch.empty(m, d, dtype=x.dtype, device=x.device)
     buffers = (out, torch.empty(n, d, dtype=x.dtype, device=x.device) if num_layers >= 2 else None)  # u_k: [k % 2]
-    if left is not None and right is not None:
+    # Row scale of the intermediate steps (chains of >= 2 layers, square graphs only; one layer of an (m, n)
+    # graph has none, and left (m,) and right (n,) do not multiply).
+    if num_layers < 2:
+        mid_scale = None
+    elif left is not None and right is not None:
         mid_scale = left * right
     else:
         mid_scale = left if left is not None else right

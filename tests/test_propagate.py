@@ -166,6 +166,19 @@ def test_rectangular_spmm(backend, device, dtype):
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
+@pytest.mark.parametrize("norm", ["sym", "rw", "left", None])
+@pytest.mark.parametrize("shape", [(36, 22), (22, 36)])
+def test_rectangular_spmm_every_norm(backend, device, norm, shape):
+    """One layer of an (m, n) graph with both scale vectors (norm="sym": left (m,), right (n,)): the chain must not
+    form the intermediate steps' left * right (it raised "size of tensor a (m) must match ... b (n)")."""
+    rng = np.random.default_rng(6)
+    rows, cols = rng.integers(0, shape[0], 120), rng.integers(0, shape[1], 120)
+    graph = Graph.from_edge_index(np.stack([rows, cols]), shape=shape, norm=norm)
+    for dtype in (torch.float64, torch.float32):
+        check_parity(graph, backend, device, dtype, 5, num_layers=1, combine="last")
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
 def test_spmm_matches_torch_sparse_mm(backend, device):
     m = sp.random(30, 20, density=0.15, random_state=5, format="coo")
     for dtype in (torch.float32, torch.float64):
