@@ -437,12 +437,18 @@ class Graph:
     @classmethod
     def from_scipy(cls, matrix, *, norm: str | None = None, eps: float = 0.0, self_loops: bool = False,
                    duplicates: str = "sum") -> Graph:  # fmt: skip
-        """From any ``scipy.sparse`` matrix; its stored values become W (None when they are all 1)."""
+        """From any ``scipy.sparse`` matrix; its stored values become W (None when they are all 1).
+
+        Every index is checked against the matrix's shape (scipy does not check arrays assigned after
+        construction), so an out-of-range row or column is an error, never an entry of another row."""
         coo = matrix.tocoo()
         data = np.asarray(coo.data, dtype=np.float64)
         values = None if bool(np.all(data == 1)) else torch.from_numpy(data)
         row = torch.from_numpy(np.asarray(coo.row, dtype=np.int64))
         col = torch.from_numpy(np.asarray(coo.col, dtype=np.int64))
+        m, n = (int(s) for s in coo.shape)
+        _check_range(f"from_scipy: the matrix's row indices (shape {(m, n)})", row, m)
+        _check_range(f"from_scipy: the matrix's column indices (shape {(m, n)})", col, n)
         return cls._from_coo(row, col, values, tuple(coo.shape), norm=norm, eps=eps, self_loops=self_loops,
                              duplicates=duplicates if values is None else "sum")  # fmt: skip
 
@@ -455,11 +461,17 @@ class Graph:
         if tensor.dim() != 2 or tensor.dense_dim() != 0:
             raise ValueError(f"from_torch takes a 2-D sparse matrix without dense dimensions, got shape {tuple(tensor.shape)}")
         _check_no_grad("the sparse tensor's values", tensor)
+        # torch does not check sparse indices by default: every index is checked against the shape here, so an
+        # out-of-range one is an error, never an entry of another row (the row * n + col key would alias).
+        m, n = (int(s) for s in tensor.shape)
         if tensor.layout == torch.sparse_coo:
             indices, data = tensor._indices(), tensor._values()
             row, col = indices[0], indices[1]
+            _check_range(f"from_torch: tensor.indices()[0] (row indices, shape {(m, n)})", row, m)
+            _check_range(f"from_torch: tensor.indices()[1] (column indices, shape {(m, n)})", col, n)
         else:
             crow, col, data = tensor.crow_indices(), tensor.col_indices(), tensor.values()
+            _check_range(f"from_torch: tensor.col_indices() (column indices, shape {(m, n)})", col, n)
             row = torch.repeat_interleave(torch.arange(tensor.shape[0], device=crow.device), crow[1:] - crow[:-1])
         if not data.dtype.is_floating_point:
             data = data.to(torch.float64)

@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import mmrec_fast
 from mmrec_fast import Graph
 
 from conftest import data_root
@@ -233,3 +234,50 @@ def test_baby_train_graph_statistics():
     a = scipy_bipartite(train[:, 0], train[:, 1], num_users, num_items, binary=False)
     d = scipy_scale(np.asarray(a.sum(1)).ravel(), 0.5, 0.0)
     assert_same_matrix(g, sp.diags(d) @ a @ sp.diags(d))
+
+
+# -- indices out of range in torch / scipy sparse matrices (torch and scipy do not check them by default) -----------
+def _coo(rows, cols, shape=(3, 3)):
+    return torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.ones(len(rows)), shape)
+
+
+def _scipy_coo_with(row=None, col=None):
+    """A valid 3 x 3 scipy COO matrix whose first entry's index is then overwritten (scipy checks at construction
+    only)."""
+    m = sp.coo_matrix((np.ones(2), (np.array([0, 1]), np.array([1, 0]))), shape=(3, 3))
+    if row is not None:
+        m.row[0] = row
+    if col is not None:
+        m.col[0] = col
+    return m
+
+
+def test_column_index_past_the_last_column_is_an_error_not_another_row():
+    """(0, 3) in a 3 x 3 matrix used to become (1, 0) (key row * n + col), silently."""
+    with pytest.raises(ValueError, match=r"from_torch: tensor.indices\(\)\[1\] .* holds index 3, outside \[0, 3\)"):
+        Graph.from_torch(_coo([0, 1], [3, 0]))
+    csr = torch.sparse_csr_tensor(torch.tensor([0, 1, 2, 2]), torch.tensor([3, 0]), torch.ones(2), (3, 3))
+    with pytest.raises(ValueError, match=r"from_torch: tensor.col_indices\(\) .* holds index 3, outside \[0, 3\)"):
+        Graph.from_torch(csr)
+    with pytest.raises(ValueError, match=r"from_scipy: the matrix's column indices .* holds index 3"):
+        Graph.from_scipy(_scipy_coo_with(col=3))
+    with pytest.raises(ValueError, match="holds index 3"):
+        mmrec_fast.spmm(_coo([0, 1], [3, 0]), torch.ones(3, 2))
+    with pytest.raises(ValueError, match="holds index 3"):
+        mmrec_fast.topk_scores(torch.randn(3, 2), torch.randn(3, 2), 2, exclude=_coo([0, 1], [3, 0]))
+
+
+def test_negative_and_out_of_range_indices_name_the_argument():
+    for rows, cols, what, bad in [([3, 1], [0, 0], r"indices\(\)\[0\]", 3), ([-1, 1], [0, 0], r"indices\(\)\[0\]", -1),
+                                  ([0, 1], [-1, 0], r"indices\(\)\[1\]", -1)]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"from_torch: tensor.{what} .* holds index {bad}, outside"):
+            Graph.from_torch(_coo(rows, cols))
+    csr = torch.sparse_csr_tensor(torch.tensor([0, 1, 2, 2]), torch.tensor([-1, 0]), torch.ones(2), (3, 3))
+    with pytest.raises(ValueError, match=r"tensor.col_indices\(\) .* holds index -1"):
+        Graph.from_torch(csr)
+    with pytest.raises(ValueError, match="from_scipy: the matrix's row indices .* holds index -1"):
+        Graph.from_scipy(_scipy_coo_with(row=-1))
+    with pytest.raises(ValueError, match="from_scipy: the matrix's row indices .* holds index 7"):
+        Graph.from_scipy(_scipy_coo_with(row=7))
+    with pytest.raises(ValueError, match="from_scipy: the matrix's column indices .* holds index -1"):
+        Graph.from_scipy(_scipy_coo_with(col=-1))
