@@ -42,6 +42,14 @@ def check_float_matrix(op_name: str, name: str, t, dims: str = "(n, d)") -> None
         raise TypeError(f"{op_name}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
+def check_has_data(what: str, t) -> None:
+    """Meta tensors have a shape and no data: ops that must read their values (range and finiteness checks, graph
+    construction) reject them with this error instead of torch's "Tensor.item() cannot be called on meta tensors".
+    (Under torch.compile inputs are fake tensors on their real device, not meta tensors: unaffected.)"""
+    if isinstance(t, torch.Tensor) and t.device.type == "meta":
+        raise ValueError(f"{what} is a meta tensor (a shape without data); pass a CPU or CUDA tensor")
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op on this device/dtype; the message says why."""
 

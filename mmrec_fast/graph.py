@@ -31,12 +31,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .backends import check_has_data
+
 NORMS = ("sym", "rw", "left", None)
 DUPLICATES = ("sum", "collapse")
 
 
 def _as_index_tensor(name: str, value) -> torch.Tensor:
     tensor = torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value
+    check_has_data(name, tensor)
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer indices, got dtype {tensor.dtype}")
     if tensor.dim() != 1:
@@ -51,6 +54,17 @@ def _check_range(name: str, index: torch.Tensor, size: int) -> None:
     if low < 0 or high >= size:
         bad = low if low < 0 else high
         raise ValueError(f"{name} holds index {bad}, outside [0, {size})")
+
+
+def _check_pointer(name: str, pointer: torch.Tensor, shape: tuple[int, int], nnz: int) -> None:
+    """A CSR row pointer of an (m, n) matrix with nnz entries: m + 1 entries, nondecreasing from 0 to nnz."""
+    m = shape[0]
+    if pointer.dim() != 1 or pointer.numel() != m + 1:
+        raise ValueError(f"{name} must have m + 1 = {m + 1} entries for shape {shape}, got shape {tuple(pointer.shape)}")
+    if int(pointer[0]) != 0 or int(pointer[-1]) != nnz:
+        raise ValueError(f"{name} must start at 0 and end at nnz = {nnz}, got {int(pointer[0])} .. {int(pointer[-1])}")
+    if m > 0 and bool((pointer[1:] < pointer[:-1]).any()):
+        raise ValueError(f"{name} must be nondecreasing")
 
 
 def _check_no_grad(name: str, tensor: torch.Tensor | None) -> None:
@@ -109,13 +123,8 @@ class Graph:
         for name, tensor in (("col", col), ("values", values), ("left", left), ("right", right)):
             if tensor is not None and tensor.device != device:
                 raise ValueError(f"{name} is on {tensor.device} but rowptr is on {device}")
-        if rowptr.numel() != m + 1:
-            raise ValueError(f"rowptr must have m + 1 = {m + 1} entries for shape {(m, n)}, got {rowptr.numel()}")
         nnz = col.numel()
-        if int(rowptr[0]) != 0 or int(rowptr[-1]) != nnz:
-            raise ValueError(f"rowptr must start at 0 and end at nnz = {nnz}, got {int(rowptr[0])} .. {int(rowptr[-1])}")
-        if m > 0 and bool((rowptr[1:] < rowptr[:-1]).any()):
-            raise ValueError("rowptr must be nondecreasing")
+        _check_pointer("rowptr", rowptr, (m, n), nnz)
         if nnz >= 2**31 or n >= 2**31:
             raise ValueError(f"graphs are limited to < 2^31 columns and entries (int32 col), got n={n}, nnz={nnz}")
         _check_range("col", col, n)
@@ -327,6 +336,7 @@ class Graph:
         m, n = shape
         device = row.device
         if values is not None:
+            check_has_data("values", values)
             _check_no_grad("values", values)
             if values.shape != row.shape:
                 raise ValueError(f"values must have one entry per edge ({row.numel()}), got shape {tuple(values.shape)}")
@@ -420,6 +430,7 @@ class Graph:
             values: (E,) floating edge values or None (ones).
         """
         edge_index = torch.as_tensor(edge_index) if not isinstance(edge_index, torch.Tensor) else edge_index
+        check_has_data("edge_index", edge_index)
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
         row, col = _as_index_tensor("edge_index[0]", edge_index[0]), _as_index_tensor("edge_index[1]", edge_index[1])
@@ -441,6 +452,12 @@ class Graph:
 
         Every index is checked against the matrix's shape (scipy does not check arrays assigned after
         construction), so an out-of-range row or column is an error, never an entry of another row."""
+        if getattr(matrix, "format", None) in ("csr", "csc"):  # tocoo expands indptr without checking it
+            major = tuple(matrix.shape) if matrix.format == "csr" else tuple(matrix.shape)[::-1]
+            indptr = torch.from_numpy(np.asarray(matrix.indptr, dtype=np.int64))
+            indices = torch.from_numpy(np.asarray(matrix.indices, dtype=np.int64))
+            _check_pointer(f"from_scipy: the matrix's indptr ({matrix.format})", indptr, major, indices.numel())
+            _check_range(f"from_scipy: the matrix's indices ({matrix.format}, shape {major})", indices, major[1])
         coo = matrix.tocoo()
         data = np.asarray(coo.data, dtype=np.float64)
         values = None if bool(np.all(data == 1)) else torch.from_numpy(data)
@@ -460,6 +477,7 @@ class Graph:
             raise TypeError(f"from_torch takes a sparse COO or CSR tensor, got {getattr(tensor, 'layout', type(tensor))}")
         if tensor.dim() != 2 or tensor.dense_dim() != 0:
             raise ValueError(f"from_torch takes a 2-D sparse matrix without dense dimensions, got shape {tuple(tensor.shape)}")
+        check_has_data("from_torch: tensor", tensor)
         _check_no_grad("the sparse tensor's values", tensor)
         # torch does not check sparse indices by default: every index is checked against the shape here, so an
         # out-of-range one is an error, never an entry of another row (the row * n + col key would alias).
@@ -471,6 +489,7 @@ class Graph:
             _check_range(f"from_torch: tensor.indices()[1] (column indices, shape {(m, n)})", col, n)
         else:
             crow, col, data = tensor.crow_indices(), tensor.col_indices(), tensor.values()
+            _check_pointer("from_torch: tensor.crow_indices()", crow, (m, n), col.numel())
             _check_range(f"from_torch: tensor.col_indices() (column indices, shape {(m, n)})", col, n)
             row = torch.repeat_interleave(torch.arange(tensor.shape[0], device=crow.device), crow[1:] - crow[:-1])
         if not data.dtype.is_floating_point:

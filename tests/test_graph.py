@@ -281,3 +281,50 @@ def test_negative_and_out_of_range_indices_name_the_argument():
         Graph.from_scipy(_scipy_coo_with(row=7))
     with pytest.raises(ValueError, match="from_scipy: the matrix's column indices .* holds index -1"):
         Graph.from_scipy(_scipy_coo_with(col=-1))
+
+
+def test_malformed_csr_pointers_name_the_argument():
+    def csr(crow, col):
+        return torch.sparse_csr_tensor(torch.tensor(crow), torch.tensor(col), torch.ones(len(col)), (3, 3),
+                                       check_invariants=False)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"from_torch: tensor.crow_indices\(\) must be nondecreasing"):
+        Graph.from_torch(csr([0, 2, 1, 2], [0, 0]))
+    with pytest.raises(ValueError, match=r"from_torch: tensor.crow_indices\(\) must start at 0 and end at nnz = 2"):
+        Graph.from_torch(csr([0, 1, 2, 5], [0, 0]))
+    with pytest.raises(ValueError, match=r"from_torch: tensor.crow_indices\(\) must start at 0"):
+        Graph.from_torch(csr([-1, 1, 2, 2], [0, 0]))
+    m = sp.csr_matrix((np.ones(2), np.array([1, 0]), np.array([0, 1, 2, 2])), shape=(3, 3))
+    m.indptr[1] = 3  # [0, 3, 2, 2]: scipy's tocoo used to give two entries in row 0
+    with pytest.raises(ValueError, match=r"from_scipy: the matrix's indptr \(csr\) must be nondecreasing"):
+        Graph.from_scipy(m)
+    for fmt in ("csr", "csc"):
+        m = sp.random(3, 4, density=0.5, random_state=0, format=fmt)
+        m.indices[0] = 7
+        with pytest.raises(ValueError, match=rf"from_scipy: the matrix's indices \({fmt}.* holds index 7"):
+            Graph.from_scipy(m)
+        m.indices[0] = -2
+        with pytest.raises(ValueError, match=rf"from_scipy: the matrix's indices \({fmt}.* holds index -2"):
+            Graph.from_scipy(m)
+
+
+def test_meta_tensors_are_rejected_naming_the_argument():
+    meta_index = torch.zeros(2, 3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="edge_index is a meta tensor"):
+        Graph.from_edge_index(meta_index)
+    with pytest.raises(ValueError, match="edge_index is a meta tensor"):
+        Graph.from_edge_index(meta_index, shape=(3, 3))
+    with pytest.raises(ValueError, match="values is a meta tensor"):
+        Graph.from_edge_index(torch.zeros(2, 3, dtype=torch.long), values=torch.ones(3, device="meta"), num_nodes=3)
+    with pytest.raises(ValueError, match="users is a meta tensor"):
+        Graph.bipartite(meta_index[0], meta_index[1], 2, 2)
+    with pytest.raises(ValueError, match="rowptr is a meta tensor"):
+        Graph(torch.zeros(4, dtype=torch.long, device="meta"), torch.zeros(0, dtype=torch.long), shape=(3, 3))
+    with pytest.raises(ValueError, match="from_torch: tensor is a meta tensor"):
+        Graph.from_torch(_coo([0, 1], [1, 0]).to("meta"))
+    with pytest.raises(ValueError, match="knn: x is a meta tensor"):
+        mmrec_fast.knn(torch.zeros(5, 3, device="meta"), 2)
+    with pytest.raises(ValueError, match="knn_graph: features is a meta tensor"):
+        mmrec_fast.knn_graph(torch.zeros(5, 3, device="meta"), 2)
+    with pytest.raises(ValueError, match=r"knn_graph: features\[1\] is a meta tensor"):
+        mmrec_fast.knn_graph([torch.ones(5, 3), torch.ones(5, 3, device="meta")], 2)

@@ -66,6 +66,7 @@ def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
 
 def _check_features(op_name: str, name: str, x) -> None:
     backends.check_float_matrix(op_name, name, x)
+    backends.check_has_data(f"{op_name}: {name}", x)
     # A data-dependent check: skipped while torch.compile traces (compiled callers get no NaN/inf error).
     if not torch.compiler.is_compiling() and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{op_name}: {name} holds NaN or inf")
