@@ -244,6 +244,28 @@ def test_extreme_temperatures_against_float64_logsumexp(backend, device, tempera
         assert not torch.isfinite(torch.log(torch.exp(logits).sum(1))).all()
 
 
+@pytest.mark.parametrize("backend", ["reference"] + [b for b, dev in PAIRS if dev == "cpu"])
+def test_subnormal_and_tiny_temperatures_are_rejected_on_every_backend(backend):
+    """t = 1e-40 (subnormal in float32) made the logits overflow and every backend return NaN: every backend now
+    rejects any t below min_temperature(dtype) with the bound in the message, and is finite at the bound."""
+    from mmrec_fast.ops.info_nce import min_temperature
+
+    a, b = make_inputs(16, 5, seed=4)
+    for dtype in claimed_dtypes(backend, "cpu"):
+        bound = min_temperature(dtype)
+        assert bound == (6.103515625e-05 if dtype == torch.float16 else 1e-6)
+        for t in (1e-40, 1e-300, bound * 0.99, torch.tensor(1e-40), torch.tensor(bound * 0.99, dtype=torch.float64)):
+            with pytest.raises(ValueError, match=f"temperature must be finite and >= {bound:.3g} for {dtype}"):
+                mmrec_fast.info_nce(a.to(dtype), b.to(dtype), t, backend=backend)
+        x, y = a.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+        t = torch.tensor(bound * 1.01, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
+        loss = mmrec_fast.info_nce(x, y, t, symmetric=True, intra_view_negatives=True, backend=backend)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+        if dtype != torch.float16:  # plain float16 PyTorch's own temperature gradient overflows (see above)
+            assert torch.isfinite(t.grad)
+
+
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_large_raw_logits(backend, device):
     """Unnormalised inputs of norm ~15 (logits ~1e3, past float64's exp range): only the running max keeps these
@@ -357,7 +379,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="d = 0"):
         mmrec_fast.info_nce(torch.randn(3, 0), torch.randn(3, 0))
     for bad in (0.0, -0.2, float("nan"), float("inf"), torch.tensor(0.0), torch.tensor(-1.0), torch.tensor(float("nan"))):
-        with pytest.raises(ValueError, match="temperature must be positive and finite"):
+        with pytest.raises(ValueError, match="temperature must be finite and >= 1e-06"):
             mmrec_fast.info_nce(a, b, bad)
     with pytest.raises(TypeError, match="temperature must be a float or a 0-dim tensor"):
         mmrec_fast.info_nce(a, b, True)
@@ -399,8 +421,9 @@ def test_native_operators_check_their_arguments():
         op(a, torch.randn(5, 3), t, True, False, False)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         op(a.half(), b.half(), t, True, False, False)
-    with pytest.raises(RuntimeError, match="temperature must be positive and finite"):
-        op(a, b, torch.tensor(-1.0), True, False, False)
+    for bad in (-1.0, 1e-40, 5e-7):
+        with pytest.raises(RuntimeError, match="temperature must be finite and >= 1e-06"):
+            op(a, b, torch.tensor(bad), True, False, False)
     with pytest.raises(RuntimeError, match="B must be > 0"):
         op(a[:0], b[:0], t, True, False, False)
     with pytest.raises(RuntimeError, match="weights must hold B values"):
@@ -446,8 +469,9 @@ def test_module_matches_the_function_and_learns_its_temperature():
     assert "learnable" in repr(module)
     fixed = mmrec_fast.InfoNCE(0.5, intra_view_negatives=True, reduction="none")
     assert fixed(a, b).shape == (20,)
-    with pytest.raises(ValueError, match="temperature must be a positive finite float"):
-        mmrec_fast.InfoNCE(0.0)
+    for bad in (0.0, 1e-40, 5e-7):
+        with pytest.raises(ValueError, match="temperature must be a finite float >= 1e-06"):
+            mmrec_fast.InfoNCE(bad)
 
 
 # -- the reference against the models' own formulas ---------------------------------------------------------------

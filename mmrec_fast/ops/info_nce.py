@@ -43,6 +43,19 @@ SUPPORT = backends.OpSupport(
 )
 
 REDUCTIONS = ("mean", "sum", "none")
+
+#: The smallest temperature info_nce takes (for float16 inputs: float16's smallest normal number, 6.1e-5, if
+#: larger; see :func:`min_temperature`). Below it the float32 logits of unit rows, up to 1 / t, keep no digit of
+#: the loss (their ulp is 0.06 at 1e6), and 1 / t^2 in the temperature gradient heads for overflow; at a subnormal
+#: t (1e-40 in float32) the logits overflow and every backend returned NaN. Temperatures in use are 0.05 to 1.
+MIN_TEMPERATURE = 1e-6
+
+
+def min_temperature(dtype: torch.dtype) -> float:
+    """max(MIN_TEMPERATURE, the smallest normal number of ``dtype``): for float16 inputs 6.1e-5, where the
+    logits (up to 1 / t) and the losses (up to ~2 / t), float16 on the reference backend and in the returned
+    loss, stay below float16's 65504."""
+    return max(MIN_TEMPERATURE, torch.finfo(dtype).tiny)
 _FORWARD_TRITON = "mmrec_fast::info_nce_triton"
 _BACKWARD_TRITON = "mmrec_fast::info_nce_backward_triton"
 _FUSED_TRITON = "mmrec_fast::info_nce_fused_triton"
@@ -162,6 +175,9 @@ def _check(a, b, temperature, normalize, symmetric, intra_view_negatives, reduct
             raise TypeError(f"info_nce: {name} must be a bool, got {flag!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"info_nce: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    bound = min_temperature(a.dtype)
+    bad = (f"info_nce: temperature must be finite and >= {bound:.3g} for {a.dtype} inputs "
+           f"(max(1e-6, the smallest normal {a.dtype}))")  # fmt: skip
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or temperature.dim() > 1:
             raise ValueError(f"info_nce: temperature must be a float or a 0-dim tensor, got shape {tuple(temperature.shape)}")
@@ -172,14 +188,14 @@ def _check(a, b, temperature, normalize, symmetric, intra_view_negatives, reduct
         if not torch.compiler.is_compiling():
             if temperature.device.type == "cpu":
                 value = float(temperature.detach())
-                if not (value > 0 and math.isfinite(value)):
-                    raise ValueError(f"info_nce: temperature must be positive and finite, got {value}")
+                if not (value >= bound and math.isfinite(value)):
+                    raise ValueError(f"{bad}, got {value}")
             else:  # no host sync: checked on the device
-                ok = (temperature.detach() > 0) & torch.isfinite(temperature.detach())
-                torch._assert_async(ok.reshape(()), "info_nce: temperature must be positive and finite")
+                ok = (temperature.detach() >= bound) & torch.isfinite(temperature.detach())
+                torch._assert_async(ok.reshape(()), bad)
     elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"info_nce: temperature must be positive and finite, got {temperature}")
+        if not (temperature >= bound and math.isfinite(temperature)):
+            raise ValueError(f"{bad}, got {temperature}")
     else:
         raise TypeError(f"info_nce: temperature must be a float or a 0-dim tensor, got {type(temperature).__name__}")
 
@@ -203,13 +219,14 @@ def info_nce(
         loss_i = -log( exp(s_ii / t) / (sum_j exp(s_ij / t) + [intra] sum_{j != i} exp(s(a_i, a_j) / t)) )
 
     with s_ij = a_i . b_j, computed as ``logsumexp`` minus the positive logit (the exact log-softmax, stable for any
-    t). ``symmetric`` averages it with the same loss with a and b swapped (CLIP). Repeated rows stay in as false
+    t >= :func:`min_temperature`). ``symmetric`` averages it with the same loss with a and b swapped (CLIP). Repeated rows stay in as false
     negatives, as in the models.
 
     Args:
         a: (B, d) float16 / bfloat16 / float32 / float64 (native CPU: float32 / float64), any strides.
         b: (B, d), same dtype and device as a.
-        temperature: t > 0, a float or a 0-dim tensor; a tensor that requires grad gets its gradient.
+        temperature: t >= 1e-6 (6.1e-5 for float16 inputs, :func:`min_temperature`), finite; a float or a 0-dim
+            tensor; a tensor that requires grad gets its gradient.
         normalize: L2-normalise the rows first, inside the op (as ``F.normalize(x, dim=1)``: x / max(|x|, 1e-12),
             so a zero row has similarity 0 with everything, never NaN); gradients flow through it. False: raw
             dot-product logits.
@@ -270,7 +287,7 @@ class InfoNCE(torch.nn.Module):
     """:func:`info_nce` as a module, for model code: ``loss = InfoNCE(0.2)(user_emb, item_emb)``.
 
     Args:
-        temperature: initial t > 0 (float).
+        temperature: initial t >= 1e-6 (float).
         learnable_temperature: hold t as a parameter (``self.temperature``) that receives its gradient.
         normalize, symmetric, intra_view_negatives, reduction, backend: as in :func:`info_nce`.
 
@@ -289,8 +306,9 @@ class InfoNCE(torch.nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
-        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool) and temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"InfoNCE: temperature must be a positive finite float, got {temperature!r}")
+        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+                and temperature >= MIN_TEMPERATURE and math.isfinite(temperature)):  # fmt: skip
+            raise ValueError(f"InfoNCE: temperature must be a finite float >= {MIN_TEMPERATURE:g}, got {temperature!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"InfoNCE: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         if learnable_temperature:
