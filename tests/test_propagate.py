@@ -132,6 +132,21 @@ def test_combinations(backend, device, num_layers, combine):
     check_parity(weighted_graph(), backend, device, torch.float64, 3, num_layers, combine)
 
 
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + PAIRS)
+@pytest.mark.parametrize("num_layers", [0, 1, 3])
+def test_all_zero_weights_give_zeros_with_a_gradient(backend, device, num_layers):
+    """combine = [0, ..., 0] is the zero map: the output is zeros that require grad, and backward gives a zero
+    gradient (the reference returned a fresh zeros tensor without grad_fn, so backward raised)."""
+    graphs = [bipartite_graph()] + ([rectangular_graph()] if num_layers == 1 else [])
+    for graph in (g.to(device) for g in graphs):
+        x = torch.randn(graph.shape[1], 4, device=device, requires_grad=True)
+        out = mmrec_fast.propagate(graph, x, num_layers, [0.0] * (num_layers + 1), backend=backend)
+        assert out.shape == (graph.shape[0], 4) and out.requires_grad
+        assert torch.equal(out, torch.zeros_like(out))
+        out.sum().backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))
+
+
 def segment_boundary_graph(seed=5) -> Graph:
     """Users whose degrees sit on and around multiples of the GPU kernels' edge segment (128 edges per warp or
     program; longer rows are summed in pieces): 0, 1, 127, 128, 129, 255, 256, 257, 300, weighted, not symmetric."""

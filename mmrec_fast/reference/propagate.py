@@ -26,8 +26,8 @@ def propagate(graph: Graph, x: torch.Tensor, weights: Sequence[float]) -> torch.
     layers = [x]
     for _ in range(len(weights) - 1):
         layers.append(spmm(graph, layers[-1]))
-    out = x.new_zeros(graph.shape[0], x.shape[1])
-    for weight, layer in zip(weights, layers):
+    out = weights[-1] * layers[-1]  # (m, d); kept at weight 0 too, so that out is a function of x for autograd
+    for weight, layer in zip(weights[:-1], layers[:-1]):
         if weight != 0:  # a zero weight may sit on a layer of another height (rectangular M, weights [0, 1])
             out = out + weight * layer
     return out
