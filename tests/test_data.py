@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrec_fast.data import BPRSampler, DataError, Interactions, load, load_mmrec, load_mmssl, synthetic
+from mmrec_fast.data import BPRSampler, DataError, Interactions, PairSampler, load, load_mmrec, load_mmssl, synthetic
 from mmrec_fast.evaluate import ranking_metrics
 
 from conftest import data_root
@@ -315,5 +315,28 @@ def test_sampler_is_reproducible_and_uniform():
 
 def test_sampler_rejects_a_user_with_every_item():
     train = Interactions(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0]))
-    with pytest.raises(DataError, match="user 0 has interacted with all 3 items"):
+    with pytest.raises(DataError, match="user 0 has interacted with all 3 candidate items"):
         BPRSampler(train, 2, 3)
+
+
+def test_negatives_from_the_training_items_only_and_pair_batches():
+    # items 1 and 6 never occur in training: MMRec's pool leaves them out; user 0's positives {0, 2, 5} too
+    train = Interactions(torch.tensor([0, 0, 0] * 4000 + [1, 1]), torch.tensor([0, 2, 5] * 4000 + [3, 4]))
+    sampler = BPRSampler(train, 2, 7, batch_size=1000, seed=11, negatives="train_items")
+    table = torch.cat(list(sampler.epoch(0)), dim=1)
+    counts = torch.bincount(table[2][table[0] == 0], minlength=7)
+    assert counts[[0, 1, 2, 5, 6]].sum() == 0 and counts[3] > 0 and counts[4] > 0
+    expected_count = counts.sum().item() / 2
+    assert bool(((counts[[3, 4]] - expected_count).abs() < 5 * (expected_count * 0.25) ** 0.5).all()), counts
+    assert set(table[2][table[0] == 1].tolist()) <= {0, 2, 5}
+    # with every item a candidate the draws are those of the default pool, bitwise
+    everything = Interactions(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 1, 2, 3, 4]))
+    assert torch.equal(torch.cat(list(BPRSampler(everything, 2, 5, 2, seed=3, negatives="train_items").epoch(0)), 1),
+                       torch.cat(list(BPRSampler(everything, 2, 5, 2, seed=3).epoch(0)), 1))  # fmt: skip
+    with pytest.raises(DataError, match="user 0 has interacted with all 3 candidate items"):
+        BPRSampler(Interactions(torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2])), 1, 9, negatives="train_items")
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        BPRSampler(train, 2, 7, negatives="popular")
+    pairs = PairSampler(train, 2, 7, batch_size=1000, seed=11)
+    table_pairs = torch.cat(list(pairs.epoch(0)), dim=1)
+    assert table_pairs.shape == (2, len(train)) and torch.equal(table_pairs, table[:2])  # the same order as BPR's

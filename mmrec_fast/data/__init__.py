@@ -4,16 +4,19 @@
 * :func:`synthetic`: a generated dataset with latent-factor structure, power-law degrees and real sizes (the
   embedded default).
 * :class:`Dataset`: what all of them return; :class:`Interactions`: (user, item) pairs.
-* :class:`BPRSampler`: shuffled (user, positive, negative) batches, vectorised and seeded.
+* :class:`PairSampler` / :class:`BPRSampler`: shuffled (user, positive[, negative]) batches, vectorised and seeded.
 """
 
 from .dataset import SPLITS, DataError, Dataset, Interactions
 from .loaders import MODALITIES, from_source, load, load_mmrec, load_mmssl
-from .sampler import BPRSampler
+from .sampler import NEGATIVE_POOLS, SAMPLERS, BPRSampler, PairSampler
 from .synthetic import DEFAULT_PRESET, PRESETS, synthetic
 
 __all__ = [
     "BPRSampler",
+    "NEGATIVE_POOLS",
+    "PairSampler",
+    "SAMPLERS",
     "DEFAULT_PRESET",
     "DataError",
     "Dataset",
