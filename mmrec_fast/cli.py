@@ -1,9 +1,11 @@
 """The ``mmrec-fast`` command line.
 
-    mmrec-fast train --model lightgcn [--data DIR] [--epochs N] [--backend B] [--device D] [--out DIR] ...
-                                       train on a dataset directory (MMRec or MMSSL format) or, without --data,
-                                       on the embedded synthetic dataset; print per-epoch lines, the test metrics
-                                       and the time per epoch; --out keeps checkpoints and the run record
+    mmrec-fast train --model NAME [--set NAME=VALUE ...] [--data DIR] [--epochs N] [--lr X] [--backend B] [--out DIR]
+                                       train a model on a dataset directory (MMRec or MMSSL format) or, without
+                                       --data, on the embedded synthetic dataset; training options left out take
+                                       the model's defaults; print per-epoch lines, the test metrics and the time
+                                       per epoch; --out keeps checkpoints and the run record
+    mmrec-fast models                  every model with its hyperparameters (--set), defaults and training defaults
     mmrec-fast evaluate --checkpoint PATH [--split test|valid] [--data DIR]
                                        full-ranking metrics of a saved model
     mmrec-fast info                    versions, what was built, which backend runs each op on each device
@@ -72,16 +74,31 @@ def _metric_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _model_config(cls, assignments: list[str]):
+    """The model's Config with the ``--set name=value`` assignments parsed into it."""
+    parsed = {}
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--set takes name=value, got {assignment!r}")
+        parsed[name.strip()] = value
+    return cls.Config().parse(parsed)
+
+
+#: TrainConfig fields the train command sets from flags of the same name (None: the model's default or TrainConfig's)
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "negatives", "valid_metric", "patience",
+               "eval_every", "ks", "ndcg", "eval_batch_size", "eval_backend", "seed")  # fmt: skip
+
+
 def cmd_train(args) -> int:
     from . import models
     from .train import TrainConfig, Trainer, seed_everything
 
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        optimizer=args.optimizer, valid_metric=args.valid_metric, patience=args.patience, eval_every=args.eval_every,
-        ks=args.ks, ndcg=args.ndcg, eval_batch_size=args.eval_batch_size, eval_backend=args.eval_backend,
-        seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress,
-    )  # fmt: skip
+    cls = models.model_class(args.model)
+    model_config = _model_config(cls, args.set)
+    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    config = TrainConfig.for_model(cls, **overrides, device=device, out_dir=args.out, progress=not args.no_progress)
     if args.threads is not None:
         import torch
 
@@ -90,10 +107,13 @@ def cmd_train(args) -> int:
     print(dataset, flush=True)
     for note in dataset.notes:
         print(f"note: {note}", flush=True)
-    seed_everything(args.seed)
-    hyperparameters = {"dim": args.dim, "num_layers": args.layers, "reg_weight": args.reg_weight, "backend": args.backend}
-    model = models.build(args.model, dataset, **hyperparameters)
-    trainer = Trainer(model, dataset, config, model_name=args.model)
+    seed_everything(config.seed)
+    model = cls(dataset, model_config, backend=args.backend)
+    trainer = Trainer(model, dataset, config, overrides=overrides)
+    print(f"model: {model.name}" + (f" on {', '.join(model.modalities)}" if model.modalities else "")
+          + f"; {', '.join(f'{k}={v}' for k, v in model.config.to_dict().items())}", flush=True)  # fmt: skip
+    print(f"training: {', '.join(f'{k}={getattr(config, k)}' for k in TRAIN_FLAGS if k != 'ks')}, device={config.device}"
+          + (f" (the model's defaults: {cls.train_defaults()})" if cls.train_defaults() else ""), flush=True)  # fmt: skip
     if args.resume:
         trainer.resume(args.resume)
         print(f"resumed from {args.resume} after epoch {trainer.epoch}", flush=True)
@@ -116,21 +136,38 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import data, models
+    from . import data
     from .evaluate import evaluate
-    from .train import load_checkpoint
+    from .train import load_checkpoint, model_from_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     dataset = data.load(args.data, format=args.format) if args.data else data.from_source(state["dataset_source"])
-    model = models.build(state["model_name"], dataset, **state["hyperparameters"])
-    model.load_state_dict(state["model_state"])
+    model, _ = model_from_checkpoint(args.checkpoint, dataset, state=state)
     config = state["config"]
-    ks = args.ks or config["ks"]
+    ks = args.ks or tuple(config["ks"])
     ndcg = args.ndcg or config["ndcg"]
     metrics = evaluate(model, dataset, args.split, ks=ks, ndcg=ndcg, backend=args.eval_backend,
                        batch_size=config["eval_batch_size"])  # fmt: skip
     print(f"{state['model_name']} (checkpoint of epoch {state['epoch']}) on {dataset.name}, {args.split} split, ndcg={ndcg}:")
     print(_metric_table(metrics))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for name, cls in sorted(MODELS.items()):
+        print(f"{name}: {cls.summary}")
+        batches = "BPR triples (users, positives, sampled negatives)" if cls.batch_kind == "bpr" else "positive pairs"
+        print(f"  trains on {batches}" + (f"; item features: {', '.join(cls.supported_modalities)}"
+                                          if cls.supported_modalities else "; no item features"))  # fmt: skip
+        width = max(len(f["name"]) for f in cls.Config.describe())
+        for field in cls.Config.describe():
+            print(f"  --set {field['name']:<{width}}  {field['default']!r:<10} {field['help']} ({field['type']})")
+        defaults = cls.train_defaults()
+        if defaults:
+            print("  training defaults: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in defaults.items()))
+        print()
     return 0
 
 
@@ -161,27 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
     from .models import MODELS
 
-    train = commands.add_parser("train", help="train a model and report its test metrics")
+    from .train import TrainConfig
+
+    def default(name: str) -> str:
+        value = TrainConfig.__dataclass_fields__[name].default
+        return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    train = commands.add_parser("train", help="train a model and report its test metrics",
+                                description="Train a model; every training option left out takes the model's "
+                                "training default (mmrec-fast models lists them), else the default shown.")  # fmt: skip
     train.add_argument("--model", required=True, choices=sorted(MODELS), help="the model to train")
+    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="a model hyperparameter (repeatable), e.g. --set ssl_alpha=0.05; mmrec-fast models lists them")  # fmt: skip
     _add_data_arguments(train)
-    train.add_argument("--epochs", type=int, default=1000, help="most epochs (default 1000; early stopping usually ends sooner)")
-    train.add_argument("--batch-size", type=int, default=2048)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
-    train.add_argument("--dim", type=int, default=64, help="embedding size")
-    train.add_argument("--layers", type=int, default=3, help="propagation layers")
-    train.add_argument("--reg-weight", type=float, default=1e-4, help="L2 weight on the batch embeddings")
-    train.add_argument("--valid-metric", default="recall@20", help="early-stopping metric (default recall@20)")
-    train.add_argument("--patience", type=int, default=20, help="validations without improvement before stopping")
-    train.add_argument("--eval-every", type=int, default=1, help="epochs between validations")
-    train.add_argument("--ks", type=_ks, default=(5, 10, 20, 50), help="cut-offs, comma-separated (default 5,10,20,50)")
-    train.add_argument("--ndcg", choices=("mmrec", "ngcf"), default="mmrec", help="NDCG form (ngcf: MMSSL's)")
-    train.add_argument("--eval-batch-size", type=int, default=4096)
+    train.add_argument("--epochs", type=int, help=f"most epochs (default {default('epochs')}; early stopping usually ends sooner)")
+    train.add_argument("--batch-size", type=int, help=f"training batch size (default {default('batch_size')})")
+    train.add_argument("--lr", type=float, help=f"learning rate (default {default('lr')})")
+    train.add_argument("--weight-decay", type=float, help=f"the optimizer's weight decay (default {default('weight_decay')})")
+    train.add_argument("--optimizer", choices=("adam", "adamw"), help=f"optimizer (default {default('optimizer')})")
+    train.add_argument("--negatives", choices=("all", "train_items"),
+                       help="BPR negatives drawn from all items, or from the items seen in training as MMRec "
+                       f"(default {default('negatives')})")  # fmt: skip
+    train.add_argument("--valid-metric", help=f"early-stopping metric (default {default('valid_metric')})")
+    train.add_argument("--patience", type=int, help=f"validations without improvement before stopping (default {default('patience')})")
+    train.add_argument("--eval-every", type=int, help=f"epochs between validations (default {default('eval_every')})")
+    train.add_argument("--ks", type=_ks, help=f"cut-offs, comma-separated (default {default('ks')})")
+    train.add_argument("--ndcg", choices=("mmrec", "ngcf"), help=f"NDCG form, ngcf: MMSSL's (default {default('ndcg')})")
+    train.add_argument("--eval-batch-size", type=int, help=f"users ranked at once (default {default('eval_batch_size')})")
     train.add_argument("--backend", choices=BACKENDS, default=None, help="backend of the model's ops (default: automatic)")
-    train.add_argument("--eval-backend", choices=BACKENDS, default=None, help="backend of topk_scores in evaluation (default: automatic)")
-    train.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-backend", choices=BACKENDS, help="backend of topk_scores in evaluation (default: automatic)")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    train.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout (default {default('seed')})")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--out", metavar="DIR", help="write last.pt, best.pt and run.json here")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt")
@@ -198,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-backend", choices=BACKENDS, default=None)
     evaluate.set_defaults(run=cmd_evaluate)
 
+    models = commands.add_parser("models", help="list the models with their hyperparameters and training defaults")
+    models.set_defaults(run=cmd_models)
     info = commands.add_parser("info", help="versions, build and backends")
     info.set_defaults(run=cmd_info)
     bench = commands.add_parser("bench", help="run microbenchmarks and print ratios against baselines")

@@ -14,8 +14,8 @@ test items at validation); metrics are averaged over the evaluated users. With R
 * MAP@k = sum_{j<=k} h_j * Precision@j / min(k, |R_u|)   (MMRec's ``map_``).
 
 Ranking goes through :func:`mmrec_fast.topk_scores` (score + exclude + top-k without a U x I matrix on the fast
-backends), a batch of users at a time. Models that expose only MMRec's ``full_sort_predict`` are ranked from their
-(B, I) score rows with the same rules (excluded items out, ties to the lower item index).
+backends), a batch of users at a time. A score function (an MMRec model's ``full_sort_predict``, say) is ranked from
+its (B, I) score rows with the same rules (excluded items out, ties to the lower item index).
 """
 
 from __future__ import annotations
@@ -90,10 +90,11 @@ def evaluate(
 
     Args:
         model: one of
-            * an object with ``embeddings() -> (users (U, d), items (I, d))`` (score = dot product): ranked by
-              :func:`mmrec_fast.topk_scores`;
+            * a :class:`~mmrec_fast.models.Recommender`: ranked by its ``embeddings()`` (score = dot product)
+              through :func:`mmrec_fast.topk_scores`, in eval mode (its training mode is restored after);
             * a pair ``(user_embeddings (U, d), item_embeddings (I, d))``, the same;
-            * an object with MMRec's ``full_sort_predict(users (B,) int64) -> (B, I) scores``.
+            * a function ``users (B,) int64 -> (B, I) scores``, e.g. an MMRec model's ``full_sort_predict``
+              (called with the user ids on the CPU; it moves them where it needs).
         dataset: the :class:`~mmrec_fast.data.Dataset`.
         split: "valid" | "test".
         ks: cut-offs, e.g. (5, 10, 20, 50).
@@ -170,21 +171,21 @@ class _Ranker:
     """The top-k items of a batch of users for each kind of model that :func:`evaluate` accepts."""
 
     def __init__(self, model, num_items: int, backend: str | None):
-        self.model, self.backend, self.was_training = model, backend, None
-        if isinstance(model, (tuple, list)):
+        from .models import Recommender
+
+        self.model, self.backend, self.was_training, self.scores = model, backend, None, None
+        if isinstance(model, Recommender):
+            self.was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                self.user_embeddings, self.item_embeddings = model.embeddings()
+        elif isinstance(model, (tuple, list)) and len(model) == 2 and all(isinstance(t, torch.Tensor) for t in model):
             self.user_embeddings, self.item_embeddings = model
-        elif hasattr(model, "embeddings") or hasattr(model, "full_sort_predict"):
-            if isinstance(model, torch.nn.Module):
-                self.was_training = model.training
-                model.eval()
-            if hasattr(model, "embeddings"):
-                with torch.no_grad():
-                    self.user_embeddings, self.item_embeddings = model.embeddings()
-            else:
-                self.user_embeddings = self.item_embeddings = None
+        elif callable(model):
+            self.scores, self.user_embeddings, self.item_embeddings = model, None, None
         else:
-            raise TypeError("evaluate: model must have embeddings() or full_sort_predict(users), or be a pair "
-                            f"(user_embeddings, item_embeddings); got {type(model).__name__}")  # fmt: skip
+            raise TypeError("evaluate: model must be a mmrec_fast.models.Recommender, a pair (user_embeddings, "
+                            f"item_embeddings) or a function users -> (B, I) scores; got {type(model).__name__}")  # fmt: skip
         if self.item_embeddings is not None and self.item_embeddings.shape[0] != num_items:
             raise ValueError(f"evaluate: {self.item_embeddings.shape[0]} item embeddings for {num_items} items")
 
@@ -195,7 +196,9 @@ class _Ranker:
             queries = self.user_embeddings[users.to(device)]
             exclude = None if exclude is None else exclude.to(device)
             return topk_scores(queries, self.item_embeddings, k, exclude=exclude, backend=self.backend)[1]
-        scores = self.model.full_sort_predict(users.to(_device_of(self.model))).detach()
+        scores = self.scores(users).detach()
+        if scores.dim() != 2 or scores.shape[0] != users.numel():
+            raise ValueError(f"evaluate: the score function gave shape {tuple(scores.shape)} for {users.numel()} users")
         scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32, copy=True)
         if exclude is not None:
             row, col, _ = exclude.to(scores.device).coo()
@@ -206,13 +209,6 @@ class _Ranker:
     def close(self) -> None:
         if self.was_training:
             self.model.train()
-
-
-def _device_of(model) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            return tensor.device
-    return torch.device("cpu")
 
 
 def _rows_of(matrix: Graph, rows: torch.Tensor) -> Graph:

@@ -1,20 +1,26 @@
-"""Training: BPR epochs, full-ranking validation, early stopping, exact resume, and a JSON record of every run.
+"""Training: epochs of a model's batches, full-ranking validation, early stopping, exact resume, and a JSON record
+of every run.
 
-The loop is MMRec's (``src/common/trainer.py``): every epoch, shuffled training interactions in batches with one
-uniform negative each (:class:`~mmrec_fast.data.BPRSampler`), ``loss = model.calculate_loss(batch)``, Adam;
-validation every ``eval_every`` epochs on ``valid_metric``; training stops after ``patience`` validations without
-improvement; the best model (by validation) is restored and evaluated on the test split.
+The loop is MMRec's (``src/common/trainer.py``), on the :class:`~mmrec_fast.models.Recommender` interface: every
+epoch, ``model.pre_epoch(epoch)``; shuffled training interactions in batches of the model's ``batch_kind`` (BPR
+triples with one uniform negative each, or positive pairs; :mod:`mmrec_fast.data.sampler`);
+``model.training_step(batch, optimizers)`` per batch (by default: the sum of ``model.losses(batch)``, backward,
+step); ``model.post_epoch(epoch)``; validation every ``eval_every`` epochs on ``valid_metric``; training stops after
+``patience`` validations without improvement; the best model (by validation) is restored and evaluated on the
+test split. Each named loss term's epoch mean is logged.
 
-Models need ``calculate_loss(batch)`` (batch: (3, B) int64 [users; positives; negatives]) and either
-``embeddings()`` or ``full_sort_predict(users)`` (see :func:`mmrec_fast.evaluate.evaluate`); MMRec's optional
-``pre_epoch_processing()`` / ``post_epoch_processing()`` hooks are called when present.
+:meth:`TrainConfig.for_model` starts from the model's ``train_defaults()`` (the authors' optimizer, learning rate,
+batch size, valid metric, patience, ...) and applies the caller's overrides; the run record keeps both.
 
-Checkpoints (``<out>/last.pt`` every epoch, ``<out>/best.pt`` at each improvement) hold the model, the optimizer,
-the torch / numpy / Python RNG states, the epoch, the early-stopping state and the history, so that
-:meth:`Trainer.resume` continues exactly where an uninterrupted run would be (the sampler's batches depend only on
-the seed and the epoch). They contain tensors and plain Python values only and load with
-``torch.load(weights_only=True)``. ``<out>/run.json`` is the run's record (config, dataset, per-epoch losses,
-metrics and times, best epoch, test metrics, versions, backends, machine), rewritten after every epoch.
+Checkpoints (``<out>/last.pt`` every epoch, ``<out>/best.pt`` at each improvement) hold the model's name, its
+``Config``, its state, every optimizer's state, the torch / numpy / Python RNG states, the epoch, the early-stopping
+state and the history, so that :meth:`Trainer.resume` continues exactly where an uninterrupted run would be (the
+sampler's batches depend only on the seed and the epoch) and :func:`model_from_checkpoint` rebuilds the model.
+They contain tensors and plain Python values only and load with ``torch.load(weights_only=True)``; a file that is
+not one, or one that does not fit the model or data it is loaded for, is refused with a one-line reason.
+``<out>/run.json`` is the run's record (config, the model's train defaults and the overrides, dataset, model
+hyperparameters and modalities, per-epoch losses and terms, metrics and times, best epoch, test metrics, versions,
+backends, machine), rewritten after every epoch.
 """
 
 from __future__ import annotations
@@ -35,23 +41,25 @@ import numpy as np
 import torch
 
 from . import backends
-from .data import BPRSampler, Dataset
+from .data import NEGATIVE_POOLS, SAMPLERS, Dataset
 from .evaluate import DEFAULT_KS, METRICS, NDCG_FORMS, evaluate
 
-CHECKPOINT_FORMAT = "mmrec_fast.checkpoint/1"
-RECORD_FORMAT = "mmrec_fast.run/1"
+CHECKPOINT_FORMAT = "mmrec_fast.checkpoint/2"
+RECORD_FORMAT = "mmrec_fast.run/2"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run besides the model and the data (MMRec's defaults)."""
+    """Everything that decides a training run besides the model and the data (MMRec's defaults; a model's
+    ``train_defaults()`` replace some of them through :meth:`for_model`)."""
 
     epochs: int = 1000
     batch_size: int = 2048
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"  # "adam" | "adamw"
+    negatives: str = "all"  # BPR negatives drawn from "all" items or "train_items" (MMRec's pool)
     valid_metric: str = "recall@20"
     patience: int = 20  # validations without improvement before stopping
     eval_every: int = 1  # epochs between validations
@@ -70,6 +78,8 @@ class TrainConfig:
         self.ks, self.metrics = tuple(int(k) for k in self.ks), tuple(self.metrics)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.negatives not in NEGATIVE_POOLS:
+            raise ValueError(f"negatives must be one of {NEGATIVE_POOLS}, got {self.negatives!r}")
         if self.ndcg not in NDCG_FORMS:
             raise ValueError(f"ndcg must be one of {NDCG_FORMS}, got {self.ndcg!r}")
         metric, _, k = self.valid_metric.lower().partition("@")
@@ -79,6 +89,18 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay"):
+            if not (getattr(self, name) >= 0 and np.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def for_model(cls, model, **overrides) -> TrainConfig:
+        """TrainConfig's defaults, then the model's (class or instance) ``train_defaults()``, then ``overrides``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig has no field {unknown[0]!r}")
+        return cls(**{**model.train_defaults(), **overrides})
 
 
 def seed_everything(seed: int) -> None:
@@ -100,26 +122,33 @@ class Trainer:
     """Trains ``model`` on ``dataset`` with ``config`` (see the module docstring).
 
     Args:
-        model: a torch module with ``calculate_loss`` and ``embeddings`` or ``full_sort_predict``.
+        model: a :class:`~mmrec_fast.models.Recommender`.
         dataset: the :class:`~mmrec_fast.data.Dataset`.
-        config: a :class:`TrainConfig`.
-        model_name: the name checkpoints record to rebuild the model (default: the class name, lower case).
+        config: a :class:`TrainConfig` (None: ``TrainConfig.for_model(model)``, the model's training defaults).
+        overrides: the TrainConfig fields the caller set (recorded in run.json beside the model's defaults).
         log: where per-epoch lines go (default: print, through tqdm when bars are shown).
     """
 
-    def __init__(self, model: torch.nn.Module, dataset: Dataset, config: TrainConfig | None = None, *,
-                 model_name: str | None = None, log: Callable[[str], None] | None = None):  # fmt: skip
-        self.config = config or TrainConfig()
+    def __init__(self, model, dataset: Dataset, config: TrainConfig | None = None, *, overrides: dict | None = None,
+                 log: Callable[[str], None] | None = None):  # fmt: skip
+        from .models import Recommender
+
+        if not isinstance(model, Recommender):
+            raise TypeError(f"Trainer trains a mmrec_fast.models.Recommender, got {type(model).__name__}")
+        if (model.num_users, model.num_items) != (dataset.num_users, dataset.num_items):
+            raise ValueError(f"the model was built for {model.num_users} users x {model.num_items} items, the dataset "
+                             f"has {dataset.num_users} x {dataset.num_items}")  # fmt: skip
+        self.config = config or TrainConfig.for_model(model, **(overrides or {}))
+        self.overrides = dict(overrides or {})
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
         self.dataset = dataset
-        self.model_name = model_name or type(model).__name__.lower()
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        if not parameters:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters")
-        self.optimizer = OPTIMIZERS[self.config.optimizer](parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.sampler = BPRSampler(dataset.train, dataset.num_users, dataset.num_items, self.config.batch_size,
-                                  seed=self.config.seed)  # fmt: skip
+        self.model_name = model.name
+        self.optimizers = model.optimizers(self.config)
+        sampler = SAMPLERS[model.batch_kind]
+        options = {"negatives": self.config.negatives} if model.batch_kind == "bpr" else {}
+        self.sampler = sampler(dataset.train, dataset.num_users, dataset.num_items, self.config.batch_size,
+                               seed=self.config.seed, **options)  # fmt: skip
         self.out_dir = Path(self.config.out_dir) if self.config.out_dir else None
         self.epoch = -1  # the last finished epoch
         self.history: list[dict] = []
@@ -171,34 +200,35 @@ class Trainer:
         return self.record
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training interactions; returns the epoch's history entry (loss, time, throughput)."""
+        """One pass over the training interactions; returns the epoch's history entry (loss, its terms, time,
+        throughput)."""
         from tqdm.auto import tqdm
 
         self.model.train()
-        if hasattr(self.model, "pre_epoch_processing"):
-            self.model.pre_epoch_processing()
-        total, count = 0.0, 0
+        self.model.pre_epoch(epoch)
+        sums: dict[str, float] = {}
+        count = 0
         start = time.perf_counter()
         bar = tqdm(total=len(self.sampler), desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not self.config.progress, dynamic_ncols=True)  # fmt: skip
         for index, batch in enumerate(self.sampler.epoch(epoch, self.device)):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.model.calculate_loss(batch)
-            value = float(loss.detach())
-            if not np.isfinite(value):
+            try:
+                values = self.model.training_step(batch, self.optimizers)
+            except FloatingPointError as error:
                 bar.close()
-                raise FloatingPointError(f"the loss is {value} at epoch {epoch}, batch {index}")
-            loss.backward()
-            self.optimizer.step()
-            total += value * batch.shape[1]
-            count += batch.shape[1]
+                raise FloatingPointError(f"{error} at epoch {epoch}, batch {index}") from None
+            rows = batch.shape[1]
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value * rows
+            count += rows
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.4f}", inter_per_s=f"{count / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(loss=f"{sum(sums.values()) / count:.4f}", inter_per_s=f"{count / (time.perf_counter() - start):.0f}")
         bar.close()
         seconds = time.perf_counter() - start
-        if hasattr(self.model, "post_epoch_processing"):
-            self.model.post_epoch_processing()
-        return {"epoch": epoch, "loss": total / count, "train_seconds": seconds, "interactions_per_second": count / seconds}
+        self.model.post_epoch(epoch)
+        terms = {name: total / count for name, total in sums.items()}
+        return {"epoch": epoch, "loss": sum(terms.values()), "losses": terms, "train_seconds": seconds,
+                "interactions_per_second": count / seconds}  # fmt: skip
 
     def evaluate(self, split: str) -> dict[str, float]:
         """The configured metrics of the current model on ``split`` ("valid" | "test")."""
@@ -212,15 +242,16 @@ class Trainer:
         state = {
             "format": CHECKPOINT_FORMAT,
             "model_name": self.model_name,
-            "hyperparameters": _hyperparameters(self.model),
+            "model_config": self.model.config.to_dict(),
+            "backend": self.model.backend,
             "dataset_source": self.dataset.source,
             "config": _plain(dataclasses.asdict(self.config)),
-            "epoch": self.epoch,
+            "epoch": self.early.best_epoch if best_only else self.epoch,
             "model_state": self.early.best_state if best_only else self.model.state_dict(),
         }
         if not best_only:
             state.update(
-                optimizer_state=self.optimizer.state_dict(),
+                optimizer_states={name: optimizer.state_dict() for name, optimizer in self.optimizers.items()},
                 rng=_rng_state(),
                 early_stopping={"best_score": self.early.best_score, "best_epoch": self.early.best_epoch,
                                 "bad_evaluations": self.early.bad_evaluations, "best_state": self.early.best_state},  # fmt: skip
@@ -234,17 +265,31 @@ class Trainer:
         os.replace(temporary, path)
 
     def resume(self, path) -> None:
-        """Continue the run saved in ``path`` (a ``last.pt``): model, optimizer, RNG states, epoch, early
-        stopping and history; the next :meth:`fit` starts at the following epoch."""
+        """Continue the run saved in ``path`` (a ``last.pt``): model, optimizers, RNG states, epoch, early
+        stopping and history; the next :meth:`fit` starts at the following epoch. A checkpoint of another model,
+        configuration or dataset is refused with the mismatch named."""
         state = load_checkpoint(path)
-        if "optimizer_state" not in state:
+        if "optimizer_states" not in state:
             raise ValueError(f"{path}: a best-model checkpoint cannot resume training; use last.pt")
         if state["model_name"] != self.model_name:
             raise ValueError(f"{path}: a {state['model_name']} checkpoint, but this trainer trains {self.model_name}")
         if state["dataset_source"] != self.dataset.source:
             raise ValueError(f"{path}: trained on {state['dataset_source']}, not on this dataset ({self.dataset.source})")
-        self.model.load_state_dict(state["model_state"])
-        self.optimizer.load_state_dict(state["optimizer_state"])
+        saved, mine = state["model_config"], self.model.config.to_dict()
+        differ = [name for name in sorted(set(saved) | set(mine)) if saved.get(name) != mine.get(name)]
+        if differ:
+            name = differ[0]
+            raise ValueError(f"{path}: the checkpoint's {state['model_name']} has {name}={saved.get(name)!r}, this one "
+                             f"{name}={mine.get(name)!r}")  # fmt: skip
+        load_model_state(self.model, state["model_state"], path)
+        if set(state["optimizer_states"]) != set(self.optimizers):
+            raise ValueError(f"{path}: optimizers {sorted(state['optimizer_states'])} in the checkpoint, "
+                             f"{sorted(self.optimizers)} here")  # fmt: skip
+        for name, optimizer in self.optimizers.items():
+            try:
+                optimizer.load_state_dict(state["optimizer_states"][name])
+            except (ValueError, KeyError, RuntimeError) as error:
+                raise ValueError(f"{path}: optimizer {name!r} does not fit this model ({error})") from None
         _set_rng_state(state["rng"])
         early = state["early_stopping"]
         self.early = _EarlyStopping(early["best_score"], early["best_epoch"], early["bad_evaluations"], early["best_state"])
@@ -256,11 +301,12 @@ class Trainer:
         record = {
             "format": RECORD_FORMAT,
             "started": started,
-            "model": {"name": self.model_name, "hyperparameters": _hyperparameters(self.model),
-                      "parameters": sum(p.numel() for p in self.model.parameters())},  # fmt: skip
+            "model": self.model.describe(),
             "config": _plain(dataclasses.asdict(self.config)),
+            "train_defaults": _plain(self.model.train_defaults()),
+            "overrides": _plain(self.overrides),
             "dataset": self.dataset.summary(),
-            "environment": environment(self.device, getattr(self.model, "backend", None), self.config.eval_backend),
+            "environment": environment(self.device, self.model.backend, self.config.eval_backend),
         }
         if "resumed_from" in self.record:
             record["resumed_from"] = self.record["resumed_from"]
@@ -286,8 +332,10 @@ class Trainer:
             os.replace(temporary, self.out_dir / "run.json")
 
     def _epoch_line(self, entry: dict) -> str:
-        line = (f"epoch {entry['epoch']:4d}  loss {entry['loss']:.4f}  train {entry['train_seconds']:.2f} s "
-                f"({entry['interactions_per_second'] / 1e3:.1f}k inter/s)")  # fmt: skip
+        line = f"epoch {entry['epoch']:4d}  loss {entry['loss']:.4f}"
+        if len(entry["losses"]) > 1:
+            line += " (" + ", ".join(f"{name} {value:.4f}" for name, value in entry["losses"].items()) + ")"
+        line += (f"  train {entry['train_seconds']:.2f} s ({entry['interactions_per_second'] / 1e3:.1f}k inter/s)")
         if "valid" in entry:
             metric = self.config.valid_metric
             line += f"  valid {metric} {entry['valid'][metric]:.4f} (eval {entry['eval_seconds']:.2f} s)"
@@ -307,30 +355,81 @@ class Trainer:
             print(line, flush=True)
 
 
+CHECKPOINT_KEYS = ("model_name", "model_config", "backend", "dataset_source", "config", "epoch", "model_state")
+
+
 def load_checkpoint(path) -> dict:
-    """A checkpoint written by :class:`Trainer` (read with ``weights_only=True``: no arbitrary unpickling)."""
+    """A checkpoint written by :class:`Trainer` (read with ``weights_only=True``: no arbitrary unpickling); anything
+    else is refused with a one-line reason."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"{path}: not a readable mmrec_fast checkpoint ({type(error).__name__}: {error})") from None
+    except Exception as error:  # torch raises several types, with long texts, for files that are not checkpoints
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = "it holds Python objects other than tensors and plain values, which are never unpickled"
+        raise ValueError(f"{path}: not a readable mmrec_fast checkpoint ({reason[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an mmrec_fast checkpoint (expected format {CHECKPOINT_FORMAT})")
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ValueError(f"{path}: not an mmrec_fast checkpoint (expected format {CHECKPOINT_FORMAT}"
+                         + (f", found {found}" if found else "") + ")")  # fmt: skip
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{path}: a damaged checkpoint: no {missing[0]!r}")
+    if not isinstance(state["model_state"], dict) or not isinstance(state["model_config"], dict):
+        raise ValueError(f"{path}: a damaged checkpoint: model_state and model_config must be dictionaries")
     return state
 
 
+def load_model_state(model, model_state: dict, path) -> None:
+    """``model.load_state_dict(model_state)``, refusing a state of other names or shapes with a one-line reason."""
+    mine = model.state_dict()
+    missing = [name for name in mine if name not in model_state]
+    unexpected = [name for name in model_state if name not in mine]
+    if missing or unexpected:
+        what = f"no {missing[0]!r}" if missing else f"an unexpected {unexpected[0]!r}"
+        raise ValueError(f"{path}: the checkpoint's model state does not fit this {type(model).__name__} ({what})")
+    for name, tensor in mine.items():
+        theirs = model_state[name]
+        if not isinstance(theirs, torch.Tensor) or theirs.shape != tensor.shape:
+            shape = tuple(theirs.shape) if isinstance(theirs, torch.Tensor) else type(theirs).__name__
+            raise ValueError(f"{path}: {name} has shape {shape} in the checkpoint but {tuple(tensor.shape)} in this "
+                             f"{type(model).__name__} (another dataset or hyperparameters?)")  # fmt: skip
+    model.load_state_dict(model_state)
+
+
+def model_from_checkpoint(path, dataset=None, *, state: dict | None = None, backend: str | None = None):
+    """(model, state): the model of checkpoint ``path`` rebuilt from its name and Config, with its weights, on
+    ``dataset`` (default: the dataset the checkpoint names) and ``backend`` (default: the checkpoint's)."""
+    from . import data, models
+
+    state = load_checkpoint(path) if state is None else state
+    if dataset is None:
+        dataset = data.from_source(state["dataset_source"])
+    try:
+        cls = models.model_class(state["model_name"])
+        config = cls.Config.from_dict(state["model_config"])
+        model = cls(dataset, config, backend=backend if backend is not None else state["backend"])
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: cannot rebuild the checkpoint's model ({error})") from None
+    load_model_state(model, state["model_state"], path)
+    return model, state
+
+
 def environment(device: torch.device, model_backend: str | None = None, eval_backend: str | None = None) -> dict:
-    """Versions, machine and the backend each op resolves to for float32 on ``device``."""
+    """Versions, machine and the backend each op resolves to for float32 on ``device`` (the model's ops with
+    ``model_backend``; ``topk_scores``, which evaluation runs, with ``eval_backend``)."""
     import mmrec_fast
 
     probe = torch.empty(0, device=device)
     resolved = {}
-    for name, requested in (("propagate", model_backend), ("topk_scores", eval_backend)):
+    for name, support in sorted(backends.OPS.items()):
+        requested = eval_backend if name == "topk_scores" else model_backend
         try:
-            resolved[name] = backends.resolve(backends.OPS[name], probe, requested)
-        except (backends.BackendUnavailable, KeyError) as error:
+            resolved[name] = backends.resolve(support, probe, requested)
+        except backends.BackendUnavailable as error:
             resolved[name] = f"unavailable ({error})"
     return {
         "mmrec_fast": mmrec_fast.__version__,
@@ -354,10 +453,6 @@ def machine(device: torch.device | str = "cpu") -> str:
     if torch.device(device).type == "cuda":
         text += f", {torch.cuda.get_device_name(torch.device(device))}"
     return text
-
-
-def _hyperparameters(model) -> dict:
-    return model.hyperparameters() if hasattr(model, "hyperparameters") else {}
 
 
 def _rng_state() -> dict:

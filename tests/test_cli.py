@@ -1,5 +1,6 @@
 """Smoke tests of the ``mmrec-fast`` command line: train (synthetic default and a data directory), evaluate a
-checkpoint, resume, and the errors for a bad path or an unknown model."""
+checkpoint, resume, ``--set`` and its one-line errors, ``models``, and the errors for a bad path or an unknown
+model."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mmrec_fast.cli import main
 
 from test_data import write_mmrec
 
-FAST = ["--epochs", "2", "--no-progress", "--ks", "5,20", "--dim", "16"]
+FAST = ["--epochs", "2", "--no-progress", "--ks", "5,20", "--set", "dim=16"]
 
 
 def test_train_on_the_synthetic_default_then_evaluate_and_resume(tmp_path, capsys):
@@ -55,7 +56,7 @@ def test_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "mmgcn"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'mmgcn' (choose from lightgcn)" in capsys.readouterr().err.replace("'lightgcn'", "lightgcn")
+    assert "invalid choice: 'mmgcn' (choose from lightgcn, slmrec)" in capsys.readouterr().err.replace("'", "").replace("mmgcn", "'mmgcn'")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "absent.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--valid-metric", "recall@10", *FAST]) == 2
@@ -73,4 +74,34 @@ def test_console_script():
     script = shutil.which("mmrec-fast")
     command = [script] if script else [sys.executable, "-m", "mmrec_fast"]
     result = subprocess.run(command + ["train", "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "--model {lightgcn}" in result.stdout
+    assert result.returncode == 0 and "--model {lightgcn,slmrec}" in result.stdout
+
+
+def test_set_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--out", str(out), "--set", "num_layers=1",
+                 "--set", "init=xavier", "--lr", "2e-3", *FAST]) == 0  # fmt: skip
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["config"] == {"dim": 16, "num_layers": 1, "reg_weight": 1e-4, "init": "xavier", "l2": "squared"}
+    assert record["config"]["lr"] == 2e-3 and record["overrides"] == {"epochs": 2, "lr": 2e-3, "ks": [5, 20]}
+    capsys.readouterr()
+    for assignment, message in [
+        ("layers=2", "LightGCN.Config has no hyperparameter 'layers'; it has dim, init, l2, num_layers, reg_weight"),
+        ("dim=sixteen", "dim must be an integer, got 'sixteen'"),
+        ("dim=0", "dim must be >= 1, got 0"),
+        ("init=kaiming", "init must be one of 'normal', 'xavier'; got 'kaiming'"),
+        ("reg_weight=nan", "reg_weight must be a finite number, got nan"),
+        ("dim", "--set takes name=value, got 'dim'"),
+    ]:
+        assert main(["train", "--model", "lightgcn", "--synthetic", "small", *FAST, "--set", assignment]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"mmrec-fast train: error: {message}", err
+
+
+def test_models_lists_every_model_with_its_hyperparameters(capsys):
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("lightgcn: LightGCN")
+    assert "slmrec: SLMRec" in printed and "--set ssl_alpha" in printed and "0.1" in printed
+    assert "training defaults: --optimizer adam, --lr 0.01, --weight-decay 0.0001" in printed
+    assert "item features: image, audio, text" in printed

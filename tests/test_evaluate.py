@@ -10,7 +10,7 @@ import torch
 
 from mmrec_fast.data import Dataset, Interactions
 from mmrec_fast.evaluate import evaluate, rank_metrics, ranking_metrics
-from mmrec_fast.models import Popularity
+from mmrec_fast.models import Popularity, Recommender
 
 KS = (1, 3, 5, 10)
 
@@ -96,40 +96,48 @@ def test_valid_items_are_not_excluded_at_test_time_unless_asked():
     assert default != both
 
 
-class ScoresOnly(torch.nn.Module):
-    """An MMRec-style model: only full_sort_predict."""
+class Fixed(Recommender):
+    """A model with given embeddings (and a parameter, so it has a training mode to keep)."""
 
-    def __init__(self, user_emb, item_emb):
-        super().__init__()
+    name = "fixed"
+
+    def __init__(self, dataset, user_emb, item_emb):
+        super().__init__(dataset)
         self.user_emb, self.item_emb = torch.nn.Parameter(user_emb), torch.nn.Parameter(item_emb)
 
-    def full_sort_predict(self, users):
-        return self.user_emb[users] @ self.item_emb.T
-
-
-class WithEmbeddings(ScoresOnly):
     def embeddings(self):
         return self.user_emb.detach(), self.item_emb.detach()
 
 
-def test_both_model_interfaces_agree_and_keep_the_training_mode():
+def test_every_model_form_agrees_and_the_training_mode_is_kept():
     dataset = toy_dataset(seed=4)
     g = torch.Generator().manual_seed(5)
     user_emb, item_emb = torch.randint(-1, 2, (dataset.num_users, 3), generator=g).float(), torch.randint(-1, 2, (dataset.num_items, 3), generator=g).float()
-    by_scores = ScoresOnly(user_emb, item_emb)
-    by_embeddings = WithEmbeddings(user_emb, item_emb)
-    assert by_scores.training
-    assert evaluate(by_scores, dataset, ks=KS) == evaluate(by_embeddings, dataset, ks=KS) == evaluate((user_emb, item_emb), dataset, ks=KS)
-    assert by_scores.training and by_embeddings.training
-    with pytest.raises(TypeError, match="must have embeddings\\(\\) or full_sort_predict"):
+    model = Fixed(dataset, user_emb, item_emb)
+    seen_modes = []
+
+    def scores(users):  # an MMRec-style full_sort_predict
+        seen_modes.append(model.training)
+        return user_emb[users] @ item_emb.T
+
+    by_model = evaluate(model, dataset, ks=KS)
+    assert model.training  # evaluated in eval mode, then put back
+    assert by_model == evaluate(scores, dataset, ks=KS) == evaluate((user_emb, item_emb), dataset, ks=KS)
+    assert by_model == evaluate(model.full_sort_predict, dataset, ks=KS)
+    model.eval()
+    evaluate(model, dataset, ks=KS)
+    assert not model.training
+    with pytest.raises(TypeError, match="must be a mmrec_fast.models.Recommender, a pair"):
         evaluate(object(), dataset, ks=KS)
+    with pytest.raises(ValueError, match=r"the score function gave shape \(3,\)"):
+        evaluate(lambda users: torch.zeros(3), dataset, ks=KS)
 
 
 def test_popularity_ranker():
     dataset = toy_dataset(seed=6)
     counts = torch.bincount(dataset.train.items, minlength=dataset.num_items).double()
     want = per_user_metrics(torch.ones(dataset.num_users, 1), counts.unsqueeze(1), as_sets(dataset.test), as_sets(dataset.train), KS, "mmrec")
-    assert evaluate(Popularity.from_dataset(dataset), dataset, ks=KS) == pytest.approx(want, rel=1e-12)
+    assert evaluate(Popularity(dataset), dataset, ks=KS) == pytest.approx(want, rel=1e-12)
 
 
 def test_rank_metrics_by_hand():

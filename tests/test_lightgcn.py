@@ -1,5 +1,6 @@
 """LightGCN: the math against a plain-PyTorch LightGCN (MMRec's torch.sparse.mm loop), the same math on every
-backend, and a short training run that must beat the popularity ranker."""
+backend, MMRec's protocol options (Xavier init, EmbLoss), and a short training run that must beat the popularity
+ranker."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrec_fast import Graph
 from mmrec_fast.data import BPRSampler, synthetic
 from mmrec_fast.evaluate import evaluate
-from mmrec_fast.models import LightGCN, Popularity, build
+from mmrec_fast.models import ConfigError, LightGCN, Popularity, build
 from mmrec_fast.train import TrainConfig, Trainer, seed_everything
 
 from conftest import kernel_backends
@@ -40,7 +40,7 @@ def plain_lightgcn(dataset, embedding: torch.Tensor, num_layers: int = 3):
 @pytest.mark.parametrize("backend", ["reference"] + kernel_backends("cpu"))
 def test_forward_and_loss_match_plain_pytorch(dataset, backend):
     torch.manual_seed(0)
-    model = LightGCN.from_dataset(dataset, dim=8, backend=backend).double()
+    model = LightGCN(dataset, dim=8, backend=backend).double()
     users, items = model.forward()
     want_users, want_items = plain_lightgcn(dataset, model.embedding.detach())
     torch.testing.assert_close(users, want_users, rtol=1e-12, atol=1e-14)
@@ -62,7 +62,7 @@ def test_same_loss_and_gradients_on_every_backend(dataset, backend):
     grads, losses = {}, {}
     for name in ("reference", backend):
         torch.manual_seed(1)
-        model = LightGCN.from_dataset(dataset, backend=name)
+        model = LightGCN(dataset, backend=name)
         loss = model.calculate_loss(batch)
         loss.backward()
         losses[name], grads[name] = loss.detach(), model.embedding.grad
@@ -70,21 +70,40 @@ def test_same_loss_and_gradients_on_every_backend(dataset, backend):
     torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-7)
 
 
-def test_bad_graph():
-    graph = Graph.bipartite([0, 1], [0, 1], 2, 2)
-    with pytest.raises(ValueError, match=r"graph must be a \(5, 5\) Graph"):
-        LightGCN(3, 2, graph)
-    with pytest.raises(ValueError, match="unknown model 'ngcf'; available: lightgcn"):
-        build("ngcf", None)
+def test_mmrec_protocol_options(dataset):
+    torch.manual_seed(3)
+    model = LightGCN(dataset, dim=8, init="xavier", l2="norms").double()
+    users, items = model.embedding.detach()[: dataset.num_users], model.embedding.detach()[dataset.num_users :]
+    # Xavier-uniform per table: U(-b, b), b = sqrt(6 / (rows + d)); the draws fill the range
+    for table in (users, items):
+        bound = (6 / (table.shape[0] + 8)) ** 0.5
+        assert table.abs().max() <= bound and table.abs().max() > 0.9 * bound
+        assert abs(table.std().item() - bound / 3**0.5) < 0.15 * bound
+    batch = next(BPRSampler(dataset.train, dataset.num_users, dataset.num_items, 64, seed=1).epoch(0))
+    ego = model.embedding.detach()
+    emb_loss = (ego[batch[0]].norm() + ego[dataset.num_users + batch[1]].norm() + ego[dataset.num_users + batch[2]].norm()) / 64
+    torch.testing.assert_close(model.losses(batch)["l2"], 1e-4 * emb_loss, rtol=1e-12, atol=0)
+
+
+def test_bad_configuration():
+    dataset = synthetic("small", num_users=30, num_items=40, num_interactions=300, feature_dims={}, seed=1)
+    with pytest.raises(ConfigError, match="dim must be >= 1, got 0"):
+        LightGCN(dataset, dim=0)
+    with pytest.raises(ConfigError, match="init must be one of 'normal', 'xavier'; got 'kaiming'"):
+        LightGCN(dataset, init="kaiming")
+    with pytest.raises(ConfigError, match="has no hyperparameter 'layers'"):
+        LightGCN(dataset, layers=2)
+    with pytest.raises(ValueError, match="unknown model 'ngcf'; available: lightgcn, slmrec"):
+        build("ngcf", dataset)
 
 
 def test_short_training_beats_popularity():
     dataset = synthetic("small", num_users=1000, num_items=500, num_interactions=12_000, feature_dims={}, seed=0)
-    popularity = evaluate(Popularity.from_dataset(dataset), dataset, "test", ks=(20,), metrics=("recall", "ndcg"))
+    popularity = evaluate(Popularity(dataset), dataset, "test", ks=(20,), metrics=("recall", "ndcg"))
     seed_everything(0)
     config = TrainConfig(epochs=12, lr=1e-2, batch_size=1024, ks=(20,), metrics=("recall", "ndcg"), eval_every=4,
                          progress=False, verbose=False)  # fmt: skip
-    record = Trainer(LightGCN.from_dataset(dataset), dataset, config).fit()
+    record = Trainer(LightGCN(dataset), dataset, config).fit()
     assert record["epochs"][-1]["loss"] < 0.5 * record["epochs"][0]["loss"]
     # measured: recall@20 0.40 vs 0.22 for popularity (seed 0)
     assert record["test"]["recall@20"] > 1.4 * popularity["recall@20"], (record["test"], popularity)

@@ -4,89 +4,87 @@ SIGIR 2020) on :func:`mmrec_fast.propagate`.
     E = [E_users; E_items]                      (U + I, d) free embeddings, N(0, 0.1^2) as the authors' code
     E_final = mean_{l=0..L} A_hat^l E           A_hat = D^-1/2 A D^-1/2 of the binary training graph
     score(u, i) = E_final[u] . E_final[U + i]
-    loss = mean_b -log sigmoid(s(u_b, p_b) - s(u_b, n_b))
-           + reg_weight * (|E_u|^2 + |E_p|^2 + |E_n|^2) / (2 B)      L2 on the batch's layer-0 embeddings
+    loss = mean_b -log sigmoid(s(u_b, p_b) - s(u_b, n_b))                           "bpr"
+           + reg_weight * (|E_u|^2 + |E_p|^2 + |E_n|^2) / (2 B)                     "l2", on layer-0 rows
 
-The L layers and their mean are one fused ``propagate`` call (forward and backward), on any backend, same math.
-The interface is MMRec's (``calculate_loss(batch)``, ``full_sort_predict(users)``) plus ``embeddings()``, which
-full-ranking evaluation uses to rank through ``topk_scores`` without a U x I score matrix.
+Defaults: d 64, L 3, reg_weight 1e-4 (the authors' ``decay``); Adam lr 1e-3, batch 2048 (MMRec's trainer).
+
+MMRec's LightGCN (``src/models/lightgcn.py``) trains differently in three ways, each an option here:
+``init="xavier"`` (Xavier-uniform user and item tables instead of N(0, 0.1^2)), ``l2="norms"`` (MMRec's
+``EmbLoss``: unsquared Frobenius norms / B), and the trainer's ``negatives="train_items"`` (negatives drawn only
+from items seen in training). The L layers and their mean are one fused ``propagate`` call, forward and backward.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 
-from ..graph import Graph
 from ..ops import propagate
+from . import losses
+from .base import ModelConfig, Recommender, option, rows
 
 
-class LightGCN(torch.nn.Module):
-    """LightGCN.
+class LightGCN(Recommender):
+    """LightGCN (see the module docstring).
 
     Args:
-        num_users, num_items: U and I.
-        graph: the (U + I, U + I) normalised user-item training graph (``Dataset.train_graph``), items after users.
-        dim: d, the embedding size (64).
-        num_layers: L (3).
-        reg_weight: weight of the L2 term on the batch's layer-0 embeddings (1e-4, the authors' ``decay``).
-        backend: the backend of ``propagate`` ("reference" | "native" | "triton" | None: automatic).
+        dataset: its ``train_graph`` (D^-1/2 A D^-1/2, repeated pairs collapsed) is propagated.
+        config: :class:`LightGCN.Config`; backend, **changes: as :class:`~mmrec_fast.models.Recommender`.
     """
 
-    def __init__(self, num_users: int, num_items: int, graph: Graph, *, dim: int = 64, num_layers: int = 3,
-                 reg_weight: float = 1e-4, backend: str | None = None):  # fmt: skip
-        super().__init__()
-        n = num_users + num_items
-        if not isinstance(graph, Graph) or graph.shape != (n, n):
-            raise ValueError(f"LightGCN: graph must be a ({n}, {n}) Graph (users then items), got "
-                             f"{getattr(graph, 'shape', type(graph).__name__)}")  # fmt: skip
-        self.num_users, self.num_items = int(num_users), int(num_items)
-        self.num_layers, self.reg_weight, self.backend = int(num_layers), float(reg_weight), backend
-        self.embedding = torch.nn.Parameter(torch.randn(n, dim) * 0.1)  # (U + I, d)
-        self._graph = graph
-        self._graph_on: dict[torch.device, Graph] = {}
+    name = "lightgcn"
+    summary = "LightGCN: mean of L propagations of free embeddings, BPR (He et al., SIGIR 2020)"
 
-    @classmethod
-    def from_dataset(cls, dataset, **hyperparameters) -> LightGCN:
-        """LightGCN on ``dataset.train_graph``; keyword arguments as in the constructor."""
-        return cls(dataset.num_users, dataset.num_items, dataset.train_graph, **hyperparameters)
+    @dataclass(frozen=True)
+    class Config(ModelConfig):
+        dim: int = option(64, "embedding size d", minimum=1)
+        num_layers: int = option(3, "propagation layers L", minimum=0)
+        reg_weight: float = option(1e-4, "weight of the L2 term on the batch's layer-0 embeddings (the authors' decay)",
+                                   minimum=0.0)  # fmt: skip
+        init: Literal["normal", "xavier"] = option(
+            "normal", "embedding initialisation: N(0, 0.1^2) (the authors') or xavier (MMRec's, per table)")
+        l2: Literal["squared", "norms"] = option(
+            "squared", "L2 form: squared norms / 2B (the authors') or norms (MMRec's EmbLoss: Frobenius norms / B)")
 
-    def graph_on(self, device: torch.device) -> Graph:
-        """The training graph on ``device`` (copied once per device)."""
-        if device not in self._graph_on:
-            self._graph_on[device] = self._graph.to(device)
-        return self._graph_on[device]
+    def __init__(self, dataset, config: Config | None = None, *, backend: str | None = None, **changes):
+        super().__init__(dataset, config, backend=backend, **changes)
+        c = self.config
+        n = self.num_users + self.num_items
+        if c.init == "normal":
+            weight = torch.randn(n, c.dim) * 0.1
+        else:  # xavier_uniform of the (U, d) and (I, d) tables separately, as MMRec's two nn.Parameters
+            weight = torch.empty(n, c.dim)
+            for rows in (slice(0, self.num_users), slice(self.num_users, n)):
+                count = weight[rows].shape[0]
+                bound = math.sqrt(6.0 / (count + c.dim))
+                weight[rows].uniform_(-bound, bound)
+        self.embedding = torch.nn.Parameter(weight)  # (U + I, d)
+        self.graph = dataset.train_graph
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users (U, d), items (I, d)): the layer-mean embeddings."""
-        out = propagate(self.graph_on(self.embedding.device), self.embedding, self.num_layers, "mean", backend=self.backend)
+        out = propagate(self.graph, self.embedding, self.config.num_layers, "mean", backend=self.backend)
         return out[: self.num_users], out[self.num_users :]
 
-    def calculate_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """batch: (3, B) int64 [users; positive items; negative items] -> scalar BPR + L2 loss."""
+    def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """batch: (3, B) int64 [users; positive items; negative items] -> {"bpr", "l2"}."""
         users, positives, negatives = batch[0], batch[1], batch[2]
         user_out, item_out = self.forward()
-        u = user_out[users]
-        pos_scores = (u * item_out[positives]).sum(1)
-        neg_scores = (u * item_out[negatives]).sum(1)
-        bpr = F.softplus(neg_scores - pos_scores).mean()  # = -log sigmoid(pos - neg)
-        ego_users = self.embedding[users]
-        ego_items = self.embedding[self.num_users + torch.cat([positives, negatives])]
-        l2 = (ego_users.square().sum() + ego_items.square().sum()) / (2 * users.numel())
-        return bpr + self.reg_weight * l2
+        u = rows(user_out, users)
+        bpr = losses.bpr((u * rows(item_out, positives)).sum(1), (u * rows(item_out, negatives)).sum(1))
+        ego_users = rows(self.embedding, users)
+        if self.config.l2 == "squared":
+            ego_items = rows(self.embedding, self.num_users + torch.cat([positives, negatives]))  # (2B, d)
+            l2 = losses.l2_squared(ego_users, ego_items)
+        else:
+            ego_positives = rows(self.embedding, self.num_users + positives)
+            l2 = losses.l2_norms(ego_users, ego_positives, rows(self.embedding, self.num_users + negatives))
+        return {"bpr": bpr, "l2": self.config.reg_weight * l2}
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(users (U, d), items (I, d)) for ranking (score = dot product), without autograd."""
         with torch.no_grad():
             return self.forward()
-
-    def full_sort_predict(self, users) -> torch.Tensor:
-        """users: (B,) int64 (or MMRec's [users, ...]) -> (B, I) scores against every item."""
-        users = users[0] if isinstance(users, (list, tuple)) else users
-        user_out, item_out = self.embeddings()
-        return user_out[users] @ item_out.T
-
-    def hyperparameters(self) -> dict:
-        """What the constructor needs besides the data (stored in checkpoints)."""
-        return {"dim": self.embedding.shape[1], "num_layers": self.num_layers, "reg_weight": self.reg_weight,
-                "backend": self.backend}  # fmt: skip

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import torch
 
+from .base import Recommender
 
-class Popularity:
+
+class Popularity(Recommender):
     """score(u, i) = number of training interactions of item i; no parameters, nothing to train.
 
     Args:
-        num_users, num_items: U and I.
-        train: the training :class:`~mmrec_fast.data.Interactions`.
+        dataset: its training interactions give the counts.
     """
 
-    def __init__(self, num_users: int, num_items: int, train):
-        self.num_users, self.num_items = int(num_users), int(num_items)
-        self.counts = torch.bincount(train.items, minlength=self.num_items).to(torch.float32)  # (I,)
+    name = "popularity"
+    summary = "the most popular items for everyone (no parameters; the floor a model must beat)"
 
-    @classmethod
-    def from_dataset(cls, dataset) -> Popularity:
-        return cls(dataset.num_users, dataset.num_items, dataset.train)
+    def __init__(self, dataset, config=None, *, backend: str | None = None):
+        super().__init__(dataset, config, backend=backend)
+        self.register_buffer("counts", torch.bincount(dataset.train.items, minlength=self.num_items).to(torch.float32))  # (I,)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users (U, 1) ones, items (I, 1) counts): dot products are the item counts."""
-        return torch.ones(self.num_users, 1), self.counts.unsqueeze(1)
+        return self.counts.new_ones(self.num_users, 1), self.counts.unsqueeze(1)
