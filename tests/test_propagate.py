@@ -400,6 +400,45 @@ def test_native_operator_checks_its_arguments():
         op(x, rowptr, col, values, left, right, None, None, None, [])
 
 
+@pytest.mark.skipif("cpu" not in mmrec_fast.available()["native"], reason="native not built")
+def test_native_operator_checks_the_csr_it_gathers_through():
+    """Columns out of range and a rowptr ending past nnz segfaulted; negative columns and a decreasing rowptr gave
+    garbage. Each is a one-line error now, also after a valid call with the same tensors (checked pairs are
+    remembered with their version counters: an in-place change is checked again) and for inference tensors."""
+    op = torch.ops.mmrec_fast.propagate
+    x = torch.randn(3, 2)
+
+    def call(rowptr, col, weights=(0.0, 1.0)):
+        return op(x, torch.tensor(rowptr), torch.tensor(col, dtype=torch.int32), None, None, None, None, None, None,
+                  list(weights))  # fmt: skip
+
+    for col, bad in (([1, 3], 3), ([1, 1 << 30], 1 << 30), ([-1, 0], -1), ([0, -(1 << 31)], -(1 << 31))):
+        with pytest.raises(RuntimeError, match=rf"col must hold column indices in \[0, 3\) \(the rows of x\), got {bad}"):
+            call([0, 1, 2, 2], col)
+    with pytest.raises(RuntimeError, match="rowptr must run from 0 to nnz = 2, got 0 .. 100"):
+        call([0, 1, 2, 100], [1, 0])
+    with pytest.raises(RuntimeError, match="rowptr must run from 0 to nnz = 2, got 1 .. 2"):
+        call([1, 1, 2, 2], [1, 0])
+    with pytest.raises(RuntimeError, match="rowptr must be nondecreasing"):
+        call([0, 2, 1, 2], [1, 0], (0.5, 0.25, 0.25))
+    rowptr, col = torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0], dtype=torch.int32)
+    good = op(x, rowptr, col, None, None, None, None, None, None, [0.0, 1.0])
+    assert torch.equal(good, torch.stack([x[1], x[0], torch.zeros(2)]))
+    assert torch.equal(op(x, rowptr, col, None, None, None, None, None, None, [0.0, 1.0]), good)  # remembered
+    with pytest.raises(RuntimeError, match="col must hold column indices in \\[0, 1\\) \\(the rows of x\\), got 1"):
+        op(x[:1], rowptr, col, None, None, None, None, None, None, [0.0, 1.0])  # the same CSR, another n
+    col[0] = 5  # in place: checked again
+    with pytest.raises(RuntimeError, match="got 5"):
+        op(x, rowptr, col, None, None, None, None, None, None, [0.0, 1.0])
+    rowptr[1] = 3
+    col[0] = 1
+    with pytest.raises(RuntimeError, match="rowptr must be nondecreasing"):
+        op(x, rowptr, col, None, None, None, None, None, None, [0.0, 1.0])
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="got 7"):
+            call([0, 1, 2, 2], [1, 7])
+
+
 # -- torch.compile -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend,device", [p for p in PAIRS if p[0] == "native"] or [pytest.param("native", "cpu", marks=pytest.mark.skip("native not built"))])
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])

@@ -33,6 +33,7 @@
 #include "../propagate_chain.h"
 
 #include <algorithm>
+#include <mutex>
 #include <vector>
 
 namespace mmrec_fast {
@@ -185,6 +186,72 @@ const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
+// The raw operator is public API (torch.compile and user code call it), so it checks the CSR it gathers through:
+// a rowptr that does not run nondecreasingly from 0 to nnz reads past col or walks rows backwards, a column
+// outside [0, n) reads outside x. Returns 1 + the largest column (0 without entries) for the caller to compare
+// with n. O(rows + nnz): one vectorisable pass over each array.
+int64_t check_csr(const at::Tensor& rowptr, const at::Tensor& col) {
+  const int64_t* p = rowptr.data_ptr<int64_t>();
+  const int64_t m = rowptr.size(0) - 1, nnz = col.size(0);
+  TORCH_CHECK(p[0] == 0 && p[m] == nnz, "propagate (native CPU): rowptr must run from 0 to nnz = ", nnz, ", got ",
+              p[0], " .. ", p[m]);
+  bool decreasing = false;
+  for (int64_t i = 0; i < m; ++i) decreasing |= p[i + 1] < p[i];
+  TORCH_CHECK(!decreasing, "propagate (native CPU): rowptr must be nondecreasing");
+  // Negative columns wrap to >= 2^31 as unsigned, so one maximum covers both ends of the range.
+  const uint32_t* c = reinterpret_cast<const uint32_t*>(col.data_ptr<int32_t>());
+  uint32_t largest = 0;
+  for (int64_t e = 0; e < nnz; ++e) largest = std::max(largest, c[e]);
+  return nnz == 0 ? 0 : static_cast<int64_t>(largest) + 1;
+}
+
+// check_csr once per CSR: a Graph hands the same rowptr and col tensors to every call, so a checked pair is
+// remembered (the last kCheckedCsrs of them) with the tensors' version counters (an in-place change checks it
+// again), and the kernel's per-call cost stays a lookup. The weak references keep a freed tensor's address from
+// being taken by another tensor while its entry is here. Inference tensors have no version counter: checked on
+// every call.
+struct CheckedCsr {
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  Weak rowptr, col;
+  int64_t rowptr_version, col_version;
+  const void* rowptr_data;
+  const void* col_data;
+  int64_t rows, nnz, columns;
+
+  bool same(const Weak& weak, const at::Tensor& t, int64_t version, const void* data, int64_t size) const {
+    return !weak.expired() && weak._unsafe_get_target() == t.unsafeGetTensorImpl() && t._version() == version &&
+           t.data_ptr() == data && t.size(0) == size;
+  }
+  bool matches(const at::Tensor& r, const at::Tensor& c) const {
+    return same(rowptr, r, rowptr_version, rowptr_data, rows + 1) && same(col, c, col_version, col_data, nnz);
+  }
+};
+constexpr size_t kCheckedCsrs = 16;
+
+int64_t checked_columns(const at::Tensor& rowptr, const at::Tensor& col) {
+  if (rowptr.is_inference() || col.is_inference()) return check_csr(rowptr, col);
+  static std::mutex mutex;
+  static auto* cache = new std::vector<CheckedCsr>();  // never destroyed: no static destruction order questions
+  static size_t next = 0;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    for (const CheckedCsr& entry : *cache) {
+      if (entry.matches(rowptr, col)) return entry.columns;
+    }
+  }
+  const int64_t columns = check_csr(rowptr, col);  // throws on a malformed rowptr: nothing is remembered
+  CheckedCsr entry{CheckedCsr::Weak(rowptr.getIntrusivePtr()), CheckedCsr::Weak(col.getIntrusivePtr()),
+                   rowptr._version(), col._version(), rowptr.data_ptr(), col.data_ptr(), rowptr.size(0) - 1,
+                   col.size(0), columns};
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache->size() < kCheckedCsrs) {
+    cache->push_back(std::move(entry));
+  } else {
+    (*cache)[next++ % kCheckedCsrs] = std::move(entry);
+  }
+  return columns;
+}
+
 at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
                          const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& left,
                          const std::optional<at::Tensor>& right, const std::optional<at::Tensor>& /*t_rowptr*/,
@@ -195,7 +262,10 @@ at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at
   TORCH_CHECK(x.device().is_cpu(), "propagate (native CPU): x must be a CPU tensor");
   std::vector<int64_t> bounds;
   return propagate_chain(x, rowptr, col, values, left, right, weights, [&](const PropagateStepTensors& t) {
-    if (bounds.empty()) {
+    if (bounds.empty()) {  // the first step (propagate_chain has checked shapes and dtypes)
+      const int64_t columns = checked_columns(rowptr, col);
+      TORCH_CHECK(columns <= x.size(0), "propagate (native CPU): col must hold column indices in [0, ", x.size(0),
+                  ") (the rows of x), got ", static_cast<int32_t>(columns - 1));
       bounds = balanced_row_bounds(rowptr.data_ptr<int64_t>(), rowptr.size(0) - 1, at::get_num_threads() * kChunksPerThread);
     }
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "propagate_cpu", [&] {
