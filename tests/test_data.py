@@ -102,6 +102,13 @@ def test_load_mmssl_matches_mmrec(tmp_path):
         ("userID\titemID\tx_label", ["0\t1\t0", "-1\t2\t1", "2\t3\t2"], r"line 3: userID -1 is negative"),
         ("userID\titemID\tx_label", ["0\t1\t0", "1\t2\t3", "2\t3\t2"], r"line 3: x_label 3; expected 0 \(train\)"),
         ("userID\titemID\tx_label", ["0\t1\t0", "", "2\t3\t2"], r"line 3: 1 tab-separated fields"),
+        # ids past int64 (an OverflowError traceback), past the id limit (1e11: a bincount of 800 GB)
+        ("userID\titemID\tx_label", ["0\t1\t0", "99999999999999999999\t2\t1", "2\t3\t2"],
+         r"line 3: userID 99999999999999999999 is too large: ids must be below 2\^31 = 2147483648"),
+        ("userID\titemID\tx_label", ["0\t1\t0", "1\t2\t1", "2\t-99999999999999999999\t2"], r"line 4: itemID -99999999999999999999 is negative"),
+        ("userID\titemID\tx_label", ["0\t1\t0", "1\t2\t100000000000000000000"], r"line 3: x_label 100000000000000000000 is too large"),
+        ("userID\titemID\tx_label", ["0\t1\t0", "100000000000\t2\t1", "2\t3\t2"], r"line 3: userID 100000000000 is too large"),
+        ("userID\titemID\tx_label", ["0\t1\t0", "1\t2147483648\t1", "2\t3\t2"], r"line 3: itemID 2147483648 is too large"),
         ("userID\titemID\trating", ["0\t1\t0"], r"lacks x_label"),
         ("userID itemID x_label", ["0 1 0"], r"lacks userID, itemID, x_label.*is the file tab-separated"),
         ("userID\titemID\tx_label", [], r"no interactions after the header"),
@@ -113,8 +120,23 @@ def test_malformed_inter_files(tmp_path, header, body, message):
     directory = tmp_path / "bad"
     directory.mkdir()
     (directory / "bad.inter").write_text("\n".join([header] + body) + "\n")
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as error:
         load_mmrec(directory)
+    assert "\n" not in str(error.value) and str(directory) in str(error.value)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    """A UTF-8 BOM before the header gave "header lacks '\\ufeffuserID'"; json files may start with one too."""
+    plain = load_mmrec(write_mmrec(tmp_path / "plain"))
+    directory = write_mmrec(tmp_path / "bom")
+    inter = directory / "bom.inter"
+    inter.write_bytes(b"\xef\xbb\xbf" + inter.read_bytes())
+    with_bom = load_mmrec(directory)
+    assert pairs(with_bom.train) == pairs(plain.train) and with_bom.num_users == plain.num_users
+    directory = write_mmssl(tmp_path / "json")
+    for name in ("train.json", "val.json", "test.json"):
+        (directory / name).write_bytes(b"\xef\xbb\xbf" + (directory / name).read_bytes())
+    assert pairs(load_mmssl(directory).train) == pairs(plain.train)
 
 
 def test_empty_inter_file_and_missing_files(tmp_path):
@@ -204,14 +226,19 @@ def test_pickled_feature_files_are_never_unpickled(tmp_path):
         ('{"0": [1, 2.0]}', r"user 0: expected a list of integer item ids"),
         ('{"0": [1, -2]}', r"user 0: item id -2 is negative"),
         ('{"-3": [1]}', r"user key '-3' is negative"),
+        ('{"99999999999999999999": [1]}', r"user key '99999999999999999999' is too large: ids must be below 2\^31"),
+        ('{"100000000000": [1]}', r"user key '100000000000' is too large"),
+        ('{"0": [1, 99999999999999999999]}', r"user 0: item id 99999999999999999999 is too large"),
+        ('{"0": [1, -99999999999999999999]}', r"user 0: item id -99999999999999999999 is negative"),
         ("{}", r"the train split is empty"),
     ],
 )
 def test_malformed_json_files(tmp_path, content, message):
     directory = write_mmssl(tmp_path / "toy", features=False)
     (directory / "train.json").write_text(content)
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=message) as error:
         load_mmssl(directory)
+    assert "\n" not in str(error.value)
 
 
 # -- the shared real data -----------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ object ``{"<user id>": [item ids]}``, plus the same feature files. MMSSL's pickl
 the training matrix is rebuilt from ``train.json``. Feature files are read with ``np.load(allow_pickle=False)``;
 nothing is ever unpickled.
 
+Ids are integers in [0, 2^31) (``ID_LIMIT``: the graphs index nodes with int32, and U = the largest user id + 1
+embedding rows are allocated for them, so an id past the limit is a mistake in the file, not a dataset); a larger
+one, or one that does not even fit int64, is a :class:`DataError` naming the file and line (the user, in json).
+Text files are UTF-8, with or without a byte-order mark.
+
 Counts: U = the largest user id + 1; I = the number of feature rows when feature files exist (every id must be
 below it), else the largest item id + 1. As in MMRec (``filter_out_cod_start_users``), valid/test interactions of
 users without a training interaction are dropped by default (``drop_cold_users``); the dataset's ``notes`` say how
@@ -31,6 +36,8 @@ FEATURE_FILE = "{}_feat.npy"
 INTER_COLUMNS = ("userID", "itemID", "x_label")
 MMSSL_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
 FORMATS = ("auto", "mmrec", "mmssl")
+#: Every user, item and label value is below this (see the module docstring).
+ID_LIMIT = 2**31
 
 
 def load(path, *, format: str = "auto", drop_cold_users: bool = True) -> Dataset:
@@ -122,7 +129,7 @@ def _inter_file(directory: Path, chosen: Path | None) -> Path:
 def _read_inter(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, x_labels), each (E,) int64, with every line checked."""
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is dropped
     except UnicodeDecodeError as error:
         raise DataError(f"{file}: not UTF-8 text ({error})") from None
     if not lines or not lines[0].strip():
@@ -154,6 +161,9 @@ def _read_inter(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         negative = np.flatnonzero(values < 0)
         if negative.size:
             raise DataError(f"{file}, line {int(negative[0]) + 2}: {name} {int(values[negative[0]])} is negative; ids start at 0")
+        too_large = np.flatnonzero(values >= ID_LIMIT)
+        if too_large.size:
+            raise DataError(f"{file}, line {int(too_large[0]) + 2}: {name} {int(values[too_large[0]])} {_TOO_LARGE}")
         columns.append(values)
     users, items, labels = columns
     unknown = np.flatnonzero(labels > 2)
@@ -162,24 +172,34 @@ def _read_inter(file: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return users, items, labels
 
 
+_TOO_LARGE = f"is too large: ids must be below 2^31 = {ID_LIMIT} (ID_LIMIT; are the ids remapped to 0 .. n - 1?)"
+
+
 def _parse_integers(strings: list[str], file: Path, column: str) -> np.ndarray:
-    """(n,) int64 from decimal strings; the first unparsable one is reported with its line."""
+    """(n,) int64 from decimal strings; the first unparsable one, or one outside (-2^31, 2^31), is reported with
+    its line (the caller checks the range of the parsed values)."""
     try:
         return np.array(strings).astype(np.int64)
     except (ValueError, OverflowError):
         pass
+    values = []
     for index, text in enumerate(strings):
         try:
-            int(text)
+            value = int(text)
         except ValueError:
             raise DataError(f"{file}, line {index + 2}: {column} {text!r} is not an integer id") from None
-    return np.array([int(text) for text in strings], dtype=np.int64)
+        if value <= -ID_LIMIT:
+            raise DataError(f"{file}, line {index + 2}: {column} {text.strip()} is negative; ids start at 0")
+        if value >= ID_LIMIT:
+            raise DataError(f"{file}, line {index + 2}: {column} {text.strip()} {_TOO_LARGE}")
+        values.append(value)
+    return np.array(values, dtype=np.int64)
 
 
 def _read_json_split(file: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
     """(users, items) (E,) int64 of one MMSSL json file, and where(e) naming the place of pair e."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is dropped
     except json.JSONDecodeError as error:
         raise DataError(f"{file}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg})") from None
     except UnicodeDecodeError as error:
@@ -194,11 +214,15 @@ def _read_json_split(file: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int]
             raise DataError(f"{file}: user key {key!r} is not an integer id") from None
         if user < 0:
             raise DataError(f"{file}: user key {key!r} is negative; ids start at 0")
+        if user >= ID_LIMIT:
+            raise DataError(f"{file}: user key {key!r} {_TOO_LARGE}")
         if not isinstance(user_items, list) or not all(type(i) is int for i in user_items):
             shown = json.dumps(user_items)
             raise DataError(f"{file}: user {key}: expected a list of integer item ids, got {shown[:80]}{'...' if len(shown) > 80 else ''}")
-        if any(i < 0 for i in user_items):
+        if user_items and min(user_items) < 0:
             raise DataError(f"{file}: user {key}: item id {min(user_items)} is negative; ids start at 0")
+        if user_items and max(user_items) >= ID_LIMIT:
+            raise DataError(f"{file}: user {key}: item id {max(user_items)} {_TOO_LARGE}")
         users.extend([user] * len(user_items))
         items.extend(user_items)
         keys.extend([key] * len(user_items))
@@ -263,9 +287,8 @@ def _assemble(name, kind, directory, splits, num_users, num_items, features, dro
     tensors = {s: Interactions(torch.from_numpy(u), torch.from_numpy(i)) for s, (u, i) in splits.items()}
     notes = []
     if drop_cold_users:
-        has_train = torch.bincount(tensors["train"].users, minlength=num_users) > 0
-        for split in ("valid", "test"):
-            keep = has_train[tensors[split].users]
+        for split in ("valid", "test"):  # isin, not a (U,) table: O(E) memory whatever the ids are
+            keep = torch.isin(tensors[split].users, tensors["train"].users)
             dropped = int((~keep).sum())
             if dropped:
                 cold = torch.unique(tensors[split].users[~keep]).numel()
