@@ -263,3 +263,26 @@ def test_triton_k_limit_is_a_clear_error(backend, device):
 
     with pytest.raises(backends.BackendUnavailable, match=f"at most {MAX_K} candidates"):
         mmrec_fast.topk_scores(*on_device(device, torch.randn(2, 2), torch.randn(MAX_K + 1, 2)), MAX_K + 1, backend="triton")
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + PAIRS)
+def test_non_finite_scores_are_an_error_on_every_backend(backend, device):
+    """One rule for NaN: there are no non-finite scores. The native kernel dropped NaN rows and keys and the
+    reference ranked NaN first; now NaN / inf inputs, and inputs whose scores could overflow, are errors everywhere."""
+    dtype = torch.float32
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for name in ("queries", "keys"):
+            q, keys = torch.randn(4, 3, dtype=dtype), torch.randn(6, 3, dtype=dtype)
+            (q if name == "queries" else keys)[1, 2] = bad
+            with pytest.raises(ValueError, match=f"topk_scores: {name} holds NaN or inf"):
+                mmrec_fast.topk_scores(*on_device(device, q, keys), 2, backend=backend)
+    with pytest.raises(ValueError, match="keys holds NaN"):  # even with no query to rank for
+        mmrec_fast.topk_scores(*on_device(device, torch.randn(0, 3), torch.full((2, 3), float("nan"))), 1, backend=backend)
+    # Finite inputs whose float32 scores overflow: 1e20 * 1e20 * 2 = inf, and inf - inf = NaN.
+    q = torch.tensor([[1e20, 1e20]])
+    keys = torch.tensor([[1e20, -1e20], [1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"too large for torch.float32 scores: max\|q\| \* max\|k\| \* d = 2e\+40"):
+        mmrec_fast.topk_scores(*on_device(device, q, keys), 1, backend=backend)
+    if backend in ("reference", "native"):  # float64 scores hold them
+        values, indices = mmrec_fast.topk_scores(*on_device(device, q.double(), keys.double()), 2, backend=backend)
+        assert indices.tolist() == [[1, 0]] and values[0, 1].item() == 0.0

@@ -10,11 +10,17 @@ Dispatch and argument checks. Backends:
 
 The kernels compute scores in float32 (float64 for float64 inputs; the native kernel takes float64, the Triton
 kernel does not), from inputs upcast the way the reference upcasts them. Selection runs without autograd
-(evaluation); results are constants. Scores that are NaN (NaN or inf inputs) are unspecified.
+(evaluation); results are constants.
+
+Non-finite scores have no order every backend agrees on (the native kernel dropped NaN rows and keys, the
+reference ranked NaN first), so there are none: NaN or inf in the queries or keys is an error, and so are inputs
+large enough that a score could overflow (max|q| * max|k| * d above half the score dtype's largest value; by
+Cauchy-Schwarz that bounds every score and every partial sum). The only -inf is an excluded pair's.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Union
 
@@ -71,6 +77,24 @@ def _exclusion_graph(exclude, shape) -> Optional[Graph]:
     return exclude
 
 
+def _check_finite_scores(queries: torch.Tensor, keys: torch.Tensor) -> None:
+    """The rule of the module docstring: finite inputs, and no score that can overflow (one host sync)."""
+    if torch.compiler.is_compiling():  # a data-dependent check: skipped while torch.compile traces (as knn's)
+        return
+    zero = torch.zeros((), dtype=torch.float64, device=queries.device)
+    largest = torch.stack([x.detach().abs().amax().double() if x.numel() else zero for x in (queries, keys)]).tolist()
+    for name, value in zip(("queries", "keys"), largest):
+        if not math.isfinite(value):
+            raise ValueError(f"topk_scores: {name} holds NaN or inf (scores must be finite to be ranked)")
+    acc = accumulation_dtype(queries.dtype)
+    bound, limit = largest[0] * largest[1] * queries.shape[1], torch.finfo(acc).max / 2
+    if bound > limit:
+        raise ValueError(
+            f"topk_scores: queries and keys are too large for {acc} scores: max|q| * max|k| * d = {bound:.3g} > "
+            f"{limit:.3g}, so a score could overflow to inf or NaN; scale them down"
+        )
+
+
 def topk_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -83,8 +107,10 @@ def topk_scores(
     (on the fast backends).
 
     Args:
-        queries: (Q, d) floating, e.g. user embeddings.
-        keys: (K, d) floating, same dtype and device, e.g. item embeddings.
+        queries: (Q, d) floating, finite, e.g. user embeddings.
+        keys: (K, d) floating, finite, same dtype and device, e.g. item embeddings. Inputs with
+            max|q| * max|k| * d above half the largest float32 (float64 for float64 inputs) are an error: a score
+            could overflow.
         k: 0 <= k <= K.
         exclude: (Q, K) Graph or torch sparse tensor whose stored entries are removed before selection (e.g. the
             users' training items; values are ignored), or None.
@@ -110,6 +136,8 @@ def topk_scores(
         raise ValueError(f"topk_scores: k must be an integer >= 0, got {k!r}")
     if k > keys.shape[0]:
         raise ValueError(f"topk_scores: k={k} is larger than the number of keys ({keys.shape[0]})")
+    backends.check_has_data("topk_scores: queries", queries)
+    _check_finite_scores(queries, keys)
     graph = _exclusion_graph(exclude, (queries.shape[0], keys.shape[0]))
     if graph is not None and graph.device != queries.device:
         raise ValueError(f"topk_scores: exclude is on {graph.device} but queries are on {queries.device}")
