@@ -36,7 +36,7 @@ def baby():
 def epoch_runner(backend: str):
     dataset = baby()
     torch.manual_seed(0)
-    model = LightGCN.from_dataset(dataset, backend=backend)
+    model = LightGCN(dataset, backend=backend)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     sampler = BPRSampler(dataset.train, dataset.num_users, dataset.num_items, 2048, seed=0)
     epochs = iter(range(10**6))
@@ -65,7 +65,7 @@ def test_lightgcn_epoch_baby(benchmark, name):
 def embeddings():
     if "embeddings" not in _cache:
         torch.manual_seed(0)
-        model = LightGCN.from_dataset(baby())
+        model = LightGCN(baby())
         _cache["embeddings"] = model.embeddings()
     return _cache["embeddings"]
 
