@@ -14,8 +14,9 @@ kernel does not), from inputs upcast the way the reference upcasts them. Selecti
 
 Non-finite scores have no order every backend agrees on (the native kernel dropped NaN rows and keys, the
 reference ranked NaN first), so there are none: NaN or inf in the queries or keys is an error, and so are inputs
-large enough that a score could overflow (max|q| * max|k| * d above half the score dtype's largest value; by
-Cauchy-Schwarz that bounds every score and every partial sum). The only -inf is an excluded pair's.
+large enough that a score could overflow (max|q| * max|k| * d above half the score dtype's largest value: it
+bounds every score and every partial sum, |sum_l q_l k_l| <= d max|q| max|k|). The only -inf is an excluded
+pair's.
 """
 
 from __future__ import annotations
