@@ -68,7 +68,7 @@ class LightGCN(Recommender):
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users (U, d), items (I, d)): the layer-mean embeddings."""
         out = propagate(self.graph, self.embedding, self.config.num_layers, "mean", backend=self.backend)
-        return out[: self.num_users], out[self.num_users :]
+        return tuple(out.split([self.num_users, self.num_items]))  # split's backward is one cat, no zero fill
 
     def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """batch: (3, B) int64 [users; positive items; negative items] -> {"bpr", "l2"}."""

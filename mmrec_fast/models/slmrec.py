@@ -162,8 +162,8 @@ class SLMRec(Recommender):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users (U, d), items (I, d)): the fused embeddings of a fresh forward pass."""
-        h = self.propagated()
-        return self.fuse(h[: self.num_users], self.user_fusion), self.fuse(h[self.num_users :], self.item_fusion)
+        h_users, h_items = self.propagated().split([self.num_users, self.num_items])
+        return self.fuse(h_users, self.user_fusion), self.fuse(h_items, self.item_fusion)
 
     # -- the losses -----------------------------------------------------------------------------------------------
     def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -171,15 +171,16 @@ class SLMRec(Recommender):
         users, items = batch[0], batch[1]
         c = self.config
         h = self.propagated()
-        h_users, h_items = h[: self.num_users], h[self.num_users :]
+        h_users, h_items = h.split([self.num_users, self.num_items])  # (split's backward is one cat, no zero fill)
+        item_rows = rows(h_items, items)  # (B, d (1 + M))
         z_users = self.fuse(rows(h_users, users), self.user_fusion)
-        z_items = self.fuse(rows(h_items, items), self.item_fusion)
+        z_items = self.fuse(item_rows, self.item_fusion)
         if self.training:
             self._pending = (h.detach(), *(p.detach().clone() for p in (self.user_fusion.weight, self.user_fusion.bias,
                                                                            self.item_fusion.weight, self.item_fusion.bias)))  # fmt: skip
         main = info_nce(z_users, z_items, c.temperature, backend=self.backend)
         if c.ssl_task == "fac":
-            ssl = self._fac(rows(h_items, items))
+            ssl = self._fac(item_rows)
         else:
             ssl = self._two_views(users, items, mask="fm" in c.ssl_task, dropout="fd" in c.ssl_task)
         return {"infonce": main, "ssl": c.ssl_alpha * ssl}
@@ -225,8 +226,8 @@ class SLMRec(Recommender):
             h = propagate(self.graph, x, c.num_layers, "mean", backend=self.backend)
         width = c.dim * self.num_branches
         total = h.new_zeros(())
-        for batch_rows, layer in ((rows(h[: self.num_users], users), self.user_fusion),
-                                  (rows(h[self.num_users :], items), self.item_fusion)):  # fmt: skip
+        h_users, h_items = h.split([self.num_users, self.num_items])
+        for batch_rows, layer in ((rows(h_users, users), self.user_fusion), (rows(h_items, items), self.item_fusion)):
             one, two = batch_rows[:, :width], batch_rows[:, width:]
             total = total + info_nce(self.fuse(one, layer), self.fuse(two, layer), c.ssl_temp, backend=self.backend)
         return total
@@ -240,9 +241,10 @@ class SLMRec(Recommender):
         if self._pending is None:
             return
         h, user_weight, user_bias, item_weight, item_bias = self._pending
+        h_users, h_items = h.split([self.num_users, self.num_items])
         with torch.no_grad():
-            self.cached_users.copy_(self.fuse(h[: self.num_users], None, user_weight, user_bias))
-            self.cached_items.copy_(self.fuse(h[self.num_users :], None, item_weight, item_bias))
+            self.cached_users.copy_(self.fuse(h_users, None, user_weight, user_bias))
+            self.cached_items.copy_(self.fuse(h_items, None, item_weight, item_bias))
             self.cache_valid.fill_(True)
         self._pending = None
 
