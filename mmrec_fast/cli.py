@@ -97,8 +97,9 @@ def cmd_train(args) -> int:
     cls = models.model_class(args.model)
     model_config = _model_config(cls, args.set)
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
-    device = args.device or ("cuda" if _cuda() else "cpu")
+    device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
     config = TrainConfig.for_model(cls, **overrides, device=device, out_dir=args.out, progress=not args.no_progress)
+    _check_eval_backend(config.eval_backend, device)
     if args.threads is not None:
         import torch
 
@@ -109,6 +110,7 @@ def cmd_train(args) -> int:
         print(f"note: {note}", flush=True)
     seed_everything(config.seed)
     model = cls(dataset, model_config, backend=args.backend)
+    model.check_backend(device)
     trainer = Trainer(model, dataset, config, overrides=overrides)
     print(f"model: {model.name}" + (f" on {', '.join(model.modalities)}" if model.modalities else "")
           + f"; {', '.join(f'{k}={v}' for k, v in model.config.to_dict().items())}", flush=True)  # fmt: skip
@@ -135,6 +137,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """``text`` if it names a device this torch can use, else a ValueError saying why (one line)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"--device {text}: this torch ({torch.__version__}) is a CPU build, without CUDA")
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: no CUDA device is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {text}: mmrec_fast runs on cpu and cuda devices")
+    return text
+
+
+def _check_eval_backend(backend: str | None, device: str) -> None:
+    import torch
+
+    from . import backends
+
+    backends.resolve(backends.OPS["topk_scores"], torch.empty(0, device=device), backend)
+
+
 def cmd_evaluate(args) -> int:
     from . import data
     from .evaluate import evaluate
@@ -143,6 +173,7 @@ def cmd_evaluate(args) -> int:
     state = load_checkpoint(args.checkpoint)
     dataset = data.load(args.data, format=args.format) if args.data else data.from_source(state["dataset_source"])
     model, _ = model_from_checkpoint(args.checkpoint, dataset, state=state)
+    _check_eval_backend(args.eval_backend, "cpu")
     config = state["config"]
     ks = args.ks or tuple(config["ks"])
     ndcg = args.ndcg or config["ndcg"]
@@ -264,13 +295,14 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .backends import BackendUnavailable
     from .data import DataError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, FileNotFoundError, ValueError, BackendUnavailable) as error:
         print(f"mmrec-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -306,7 +306,7 @@ class Trainer:
             "train_defaults": _plain(self.model.train_defaults()),
             "overrides": _plain(self.overrides),
             "dataset": self.dataset.summary(),
-            "environment": environment(self.device, self.model.backend, self.config.eval_backend),
+            "environment": environment(self.device, self.model.backend, self.config.eval_backend, self.model.ops),
         }
         if "resumed_from" in self.record:
             record["resumed_from"] = self.record["resumed_from"]
@@ -367,9 +367,14 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types, with long texts, for files that are not checkpoints
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights_only" in str(error) or "Unsupported global" in str(error):
+        text = str(error)
+        if "Unsupported global" in text or "This file can still be loaded" in text:
             reason = "it holds Python objects other than tensors and plain values, which are never unpickled"
+        elif "WeightsUnpickler error" in text:
+            reason = "not a torch.save file: " + text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        else:
+            first = text.strip().splitlines()[0] if text.strip() else ""
+            reason = f"not a torch.save file: {type(error).__name__}" + (f" {first}" if first else "")
         raise ValueError(f"{path}: not a readable mmrec_fast checkpoint ({reason[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
@@ -418,17 +423,18 @@ def model_from_checkpoint(path, dataset=None, *, state: dict | None = None, back
     return model, state
 
 
-def environment(device: torch.device, model_backend: str | None = None, eval_backend: str | None = None) -> dict:
-    """Versions, machine and the backend each op resolves to for float32 on ``device`` (the model's ops with
-    ``model_backend``; ``topk_scores``, which evaluation runs, with ``eval_backend``)."""
+def environment(device: torch.device, model_backend: str | None = None, eval_backend: str | None = None,
+                ops: tuple[str, ...] = ("propagate",)) -> dict:  # fmt: skip
+    """Versions, machine and the backend each op resolves to for float32 on ``device``: the model's ``ops`` with
+    ``model_backend``, and ``topk_scores`` (which evaluation runs) with ``eval_backend``."""
     import mmrec_fast
 
     probe = torch.empty(0, device=device)
     resolved = {}
-    for name, support in sorted(backends.OPS.items()):
+    for name in dict.fromkeys([*ops, "topk_scores"]):
         requested = eval_backend if name == "topk_scores" else model_backend
         try:
-            resolved[name] = backends.resolve(support, probe, requested)
+            resolved[name] = backends.resolve(backends.OPS[name], probe, requested)
         except backends.BackendUnavailable as error:
             resolved[name] = f"unavailable ({error})"
     return {

@@ -105,3 +105,21 @@ def test_models_lists_every_model_with_its_hyperparameters(capsys):
     assert "slmrec: SLMRec" in printed and "--set ssl_alpha" in printed and "0.1" in printed
     assert "training defaults: --optimizer adam, --lr 0.01, --weight-decay 0.0001" in printed
     assert "item features: image, audio, text" in printed
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    import torch
+
+    cases = [(["--device", "bogus"], "--device 'bogus' is not a device (cpu, cuda, cuda:1, ...)")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: "))
+    for extra, message in cases:
+        assert main(["train", "--model", "lightgcn", "--synthetic", "small", *FAST, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"mmrec-fast train: error: {message}") and "\n" not in err, err
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02junk")
+    for path in (tmp_path / "run.json", tmp_path / "junk.pt"):
+        assert main(["evaluate", "--checkpoint", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"mmrec-fast evaluate: error: {path}: not a readable mmrec_fast checkpoint") and "\n" not in err, err

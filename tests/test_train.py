@@ -180,7 +180,7 @@ def test_the_run_record(dataset, tmp_path):
     assert set(record["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map") for k in (5, 20)}
     environment = record["environment"]
     assert {"mmrec_fast", "torch", "numpy", "python", "machine", "backends"} <= set(environment)
-    assert set(environment["backends"]) == {"propagate", "topk_scores", "info_nce", "knn"}
+    assert set(environment["backends"]) == {"propagate", "topk_scores"}  # LightGCN's ops and evaluation's
     assert record["mean_epoch_seconds"] > 0 and record["best_epoch"] == 1
 
 

@@ -22,7 +22,8 @@ The trainer, the evaluator, the command line and checkpoints use only what is de
 * Item features of any non-empty subset of the dataset's modalities (``Config.modalities``; None: every modality
   the model can use that the dataset has); ``model.modalities`` says which were used, and a model says clearly when
   it needs one the dataset does not have.
-* ``backend=`` (``"reference" | "native" | "triton" | None``) switches every op the model calls.
+* ``backend=`` (``"reference" | "native" | "triton" | None``) switches every op the model calls (``Model.ops``
+  names them).
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ class Recommender(torch.nn.Module):
     batch_kind: ClassVar[str] = "bpr"
     #: the item-feature modalities the model can use, in the order it uses them (() for a model without features)
     supported_modalities: ClassVar[tuple[str, ...]] = ()
+    #: the mmrec_fast ops the model calls in training (``backend=`` must run each of them on the model's device)
+    ops: ClassVar[tuple[str, ...]] = ("propagate", "info_nce", "knn", "topk_scores")
 
     def __init__(self, dataset, config: ModelConfig | None = None, *, backend: str | None = None, **changes):
         super().__init__()
@@ -299,6 +302,15 @@ class Recommender(torch.nn.Module):
         for optimizer in optimizers.values():
             optimizer.step()
         return values
+
+    def check_backend(self, device: torch.device | str) -> None:
+        """Raise BackendUnavailable (one line, naming the op and why) if ``self.backend`` cannot run one of the
+        model's ops on ``device`` in float32."""
+        from .. import backends
+
+        probe = torch.empty(0, device=device)
+        for name in self.ops:
+            backends.resolve(backends.OPS[name], probe, self.backend)
 
     def describe(self) -> dict:
         """What run records say about the model: name, hyperparameters, modalities, backend, parameter count."""

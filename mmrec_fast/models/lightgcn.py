@@ -38,6 +38,7 @@ class LightGCN(Recommender):
 
     name = "lightgcn"
     summary = "LightGCN: mean of L propagations of free embeddings, BPR (He et al., SIGIR 2020)"
+    ops = ("propagate",)
 
     @dataclass(frozen=True)
     class Config(ModelConfig):

@@ -17,6 +17,7 @@ class Popularity(Recommender):
 
     name = "popularity"
     summary = "the most popular items for everyone (no parameters; the floor a model must beat)"
+    ops = ()
 
     def __init__(self, dataset, config=None, *, backend: str | None = None):
         super().__init__(dataset, config, backend=backend)

@@ -70,6 +70,7 @@ class SLMRec(Recommender):
 
     name = "slmrec"
     summary = "SLMRec: per-modality propagation, concat fusion, in-batch InfoNCE + FAC/FD/FM self-supervision (TMM 2022)"
+    ops = ("propagate", "info_nce")
     batch_kind = "pairs"
     supported_modalities = FAC_LEVELS
 
