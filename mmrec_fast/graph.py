@@ -313,6 +313,41 @@ class Graph:
         row, col, value = self.coo(torch.float64)
         return sp.csr_matrix((value.cpu().numpy(), (row.cpu().numpy(), col.cpu().numpy())), shape=self._shape)
 
+    def keep_edges(self, index, *, norm: str | None = "sym", eps: float = 0.0, undirected: bool = False) -> Graph:
+        """The graph of some of W's stored entries, renormalised (FREEDOM's per-epoch pruned user-item graph).
+
+        W' keeps the entries of W at positions ``index`` of its CSR order, with their values, and nothing else; the
+        scales are then recomputed from W' with ``norm`` and ``eps`` exactly as the constructors compute them (D the
+        row sums of W', D_c its column sums); this graph's own scales are not used. A position named more than once
+        is kept once. This graph is unchanged.
+
+        Args:
+            index: (K,) integer positions in [0, nnz) (e.g. drawn by ``torch.multinomial`` over the entries).
+            norm, eps: as the constructors (see the module docstring); FREEDOM: "sym" with eps 1e-7.
+            undirected: W is symmetric and every kept entry (i, j) keeps its mirror (j, i) too, so that the result is
+                symmetric: one draw keeps an edge of an undirected graph (the bipartite user-item graph) in both
+                directions. Positions of either direction may be named.
+
+        Returns:
+            A new (m, n) :class:`Graph`.
+        """
+        index = _as_index_tensor("index", index).to(self.device)
+        _check_range("index", index, self.nnz)
+        keep = torch.zeros(self.nnz, dtype=torch.bool, device=self.device)
+        keep[index] = True
+        row, col = self.row_index(), self._col.to(torch.int64)
+        if undirected:
+            if not self.symmetric:
+                raise ValueError("keep_edges(undirected=True) needs a symmetric graph (W equal to its transpose)")
+            width = max(self._shape[1], 1)
+            key = row * width + col
+            order = torch.argsort(key)
+            mirror = order[torch.searchsorted(key[order], col * width + row)]  # position of (j, i) for each (i, j)
+            keep = keep | keep[mirror]
+        values = None if self._values is None else self._values[keep]
+        return Graph._from_coo(row[keep], col[keep], values, self._shape, norm=norm, eps=eps, self_loops=False,
+                               duplicates="sum", symmetric=True if undirected else None)  # fmt: skip
+
     # -- constructors -------------------------------------------------------------------------------------------
     @classmethod
     def _from_coo(

@@ -328,3 +328,67 @@ def test_meta_tensors_are_rejected_naming_the_argument():
         mmrec_fast.knn_graph(torch.zeros(5, 3, device="meta"), 2)
     with pytest.raises(ValueError, match=r"knn_graph: features\[1\] is a meta tensor"):
         mmrec_fast.knn_graph([torch.ones(5, 3), torch.ones(5, 3, device="meta")], 2)
+
+
+# -- keep_edges: keep some entries and renormalise (FREEDOM's per-epoch pruned graph) ------------------------------
+def test_keep_edges_undirected_is_the_bipartite_graph_of_the_kept_pairs():
+    users, items = interactions(duplicates=False)
+    g = Graph.bipartite(users, items, 30, 20, norm="sym", eps=1e-7, duplicates="collapse")
+    user_entries = int(g.rowptr[30])  # the entries of the user rows come first: one per distinct (user, item) pair
+    chosen = torch.randperm(user_entries, generator=torch.Generator().manual_seed(0))[: user_entries // 3]
+    pruned = g.keep_edges(chosen, norm="sym", eps=1e-7, undirected=True)
+    # the kept interactions, from the CSR rows of the user block, rebuilt from scratch with scipy
+    rows, cols, _ = g.coo()
+    kept_users, kept_items = rows[chosen].numpy(), cols[chosen].numpy() - 30
+    a = scipy_bipartite(kept_users, kept_items, 30, 20, binary=True)
+    d = scipy_scale(np.asarray(a.sum(1)).ravel(), 0.5, 1e-7)
+    assert_same_matrix(pruned, sp.diags(d) @ a @ sp.diags(d))
+    assert pruned.nnz == 2 * len(chosen) and pruned.symmetric and pruned.values is None
+    # FREEDOM's values: (deg_u + 1e-7)^-1/2 (deg_i + 1e-7)^-1/2 with the degrees of the kept edges only
+    deg_u = np.bincount(kept_users, minlength=30)
+    deg_i = np.bincount(kept_items, minlength=20)
+    r, c, v = pruned.coo()
+    upper = r < 30
+    expected = (deg_u[r[upper].numpy()] + 1e-7) ** -0.5 * (deg_i[c[upper].numpy() - 30] + 1e-7) ** -0.5
+    np.testing.assert_allclose(v[upper].numpy(), expected, rtol=1e-14)
+    # naming an edge by its other direction, or by both, keeps the same graph; the source graph is unchanged
+    keys = (rows * 50 + cols).tolist()
+    mirrors = torch.tensor([keys.index(int(c) * 50 + int(r)) for r, c in zip(rows[chosen], cols[chosen])])
+    assert bool((mirrors >= user_entries).all())
+    assert_same_matrix(g.keep_edges(mirrors, eps=1e-7, undirected=True), pruned.to_scipy())
+    assert_same_matrix(g.keep_edges(torch.cat([chosen, mirrors]), eps=1e-7, undirected=True), pruned.to_scipy())
+    assert g.nnz == 2 * user_entries and g.keep_edges(chosen, eps=1e-7).nnz == len(chosen)  # directed: one way only
+
+
+def test_keep_edges_directed_keeps_exactly_the_named_entries_with_their_values():
+    m = sp.random(8, 12, density=0.5, random_state=4, format="csr")
+    g = Graph.from_scipy(m, norm="sym", eps=0.0)
+    keep = torch.tensor([0, 3, 3, 7, g.nnz - 1])
+    for norm, eps in [("sym", 0.0), ("left", 1e-8), ("rw", 0.0), (None, 0.0)]:
+        pruned = g.keep_edges(keep, norm=norm, eps=eps)
+        w = m.tocoo()
+        mask = np.zeros(w.nnz, dtype=bool)
+        mask[keep.numpy()] = True  # scipy's csr order is the graph's CSR order (sorted columns within a row)
+        kept = sp.csr_matrix((w.data[mask], (w.row[mask], w.col[mask])), shape=m.shape)
+        rows, cols = scipy_scale(np.asarray(kept.sum(1)).ravel(), 1.0 if norm == "rw" else 0.5, eps), None
+        if norm == "sym":
+            cols = scipy_scale(np.asarray(kept.sum(0)).ravel(), 0.5, eps)
+        expected = kept if norm is None else sp.diags(rows) @ kept
+        if cols is not None:
+            expected = expected @ sp.diags(cols)
+        assert_same_matrix(pruned, sp.csr_matrix(expected))
+        assert pruned.nnz == 4 and pruned.shape == (8, 12)
+
+
+def test_keep_edges_checks_its_arguments():
+    users, items = interactions()
+    g = Graph.bipartite(users, items, 30, 20)
+    with pytest.raises(ValueError, match=f"index holds index {g.nnz}, outside \\[0, {g.nnz}\\)"):
+        g.keep_edges(torch.tensor([0, g.nnz]))
+    with pytest.raises(TypeError, match="index must hold integer indices"):
+        g.keep_edges(torch.tensor([0.5]))
+    directed = Graph.from_scipy(sp.random(6, 6, density=0.5, random_state=1, format="csr"))
+    with pytest.raises(ValueError, match="undirected=True\\) needs a symmetric graph"):
+        directed.keep_edges(torch.tensor([0]), undirected=True)
+    empty = g.keep_edges(torch.empty(0, dtype=torch.int64), undirected=True)
+    assert empty.nnz == 0 and empty.shape == g.shape
