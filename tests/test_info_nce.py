@@ -254,11 +254,12 @@ def test_subnormal_and_tiny_temperatures_are_rejected_on_every_backend(backend):
     for dtype in claimed_dtypes(backend, "cpu"):
         bound = min_temperature(dtype)
         assert bound == (6.103515625e-05 if dtype == torch.float16 else 1e-6)
+        # (A float32 tensor of the bound itself holds 9.99999997e-07: the bound is compared in the tensor's dtype.)
         for t in (1e-40, 1e-300, bound * 0.99, torch.tensor(1e-40), torch.tensor(bound * 0.99, dtype=torch.float64)):
             with pytest.raises(ValueError, match=f"temperature must be finite and >= {bound:.3g} for {dtype}"):
                 mmrec_fast.info_nce(a.to(dtype), b.to(dtype), t, backend=backend)
         x, y = a.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
-        t = torch.tensor(bound * 1.01, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
+        t = torch.tensor(bound, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
         loss = mmrec_fast.info_nce(x, y, t, symmetric=True, intra_view_negatives=True, backend=backend)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()

@@ -668,9 +668,11 @@ void check_inputs(const char* op, const at::Tensor& a, const at::Tensor& b, cons
               b.scalar_type());
   TORCH_CHECK(temperature.numel() == 1, op, " (native CPU): temperature must hold one value");
   const double t = temperature.item<double>();
-  // The bound of the Python dispatcher (mmrec_fast.ops.info_nce.MIN_TEMPERATURE): at a subnormal t the logits
-  // overflow (NaN losses); below 1e-6 float32 logits of unit rows keep no digit of the loss.
-  TORCH_CHECK(t >= 1e-6 && std::isfinite(t), op, " (native CPU): temperature must be finite and >= 1e-06, got ", t);
+  // The bound of the Python dispatcher (mmrec_fast.ops.info_nce.MIN_TEMPERATURE), rounded to the temperature's
+  // dtype as there: at a subnormal t the logits overflow (NaN losses); below 1e-6 float32 logits of unit rows keep
+  // no digit of the loss.
+  const double bound = temperature.scalar_type() == at::kFloat ? static_cast<double>(1e-6f) : 1e-6;
+  TORCH_CHECK(t >= bound && std::isfinite(t), op, " (native CPU): temperature must be finite and >= 1e-06, got ", t);
 }
 
 // Shared state of a call: the rows the logits are made of, and the inverse norms when normalising.

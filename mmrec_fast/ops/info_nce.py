@@ -186,12 +186,15 @@ def _check(a, b, temperature, normalize, symmetric, intra_view_negatives, reduct
         if temperature.device != a.device and temperature.device.type != "cpu":
             raise ValueError(f"info_nce: temperature is on {temperature.device} but a is on {a.device}")
         if not torch.compiler.is_compiling():
+            # The bound rounded to the tensor's dtype (1e-6 in float32 is 9.99999997e-07), so that a tensor made
+            # from the bound itself passes, here and in the native operator's check.
+            held = float(torch.tensor(bound, dtype=temperature.dtype))
             if temperature.device.type == "cpu":
                 value = float(temperature.detach())
-                if not (value >= bound and math.isfinite(value)):
+                if not (value >= held and math.isfinite(value)):
                     raise ValueError(f"{bad}, got {value}")
             else:  # no host sync: checked on the device
-                ok = (temperature.detach() >= bound) & torch.isfinite(temperature.detach())
+                ok = (temperature.detach() >= held) & torch.isfinite(temperature.detach())
                 torch._assert_async(ok.reshape(()), bad)
     elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
         if not (temperature >= bound and math.isfinite(temperature)):
