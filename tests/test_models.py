@@ -129,7 +129,7 @@ def test_double_precision_and_graphs_follow_the_module(dataset, name):
 
 
 def test_unknown_model_and_config_type(dataset):
-    with pytest.raises(ValueError, match="unknown model 'mmgcn'; available: lightgcn, slmrec"):
+    with pytest.raises(ValueError, match="unknown model 'mmgcn'; available: freedom, lightgcn, slmrec"):
         build("mmgcn", dataset)
     with pytest.raises(TypeError, match="LightGCN: config must be a LightGCN.Config, got Config"):
         build("lightgcn", dataset, model_class("slmrec").Config())

@@ -9,12 +9,13 @@ evaluation through ``topk_scores``, a ``Config`` of hyperparameters with the aut
 from __future__ import annotations
 
 from .base import ConfigError, ModelConfig, Recommender, option
+from .freedom import FREEDOM
 from .lightgcn import LightGCN
 from .popularity import Popularity
 from .slmrec import SLMRec
 
 #: name -> trainable model class
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightGCN, SLMRec)}
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightGCN, SLMRec, FREEDOM)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -34,5 +35,5 @@ def build(name: str, dataset, config: ModelConfig | dict | None = None, *, backe
     return cls(dataset, config, backend=backend, **changes)
 
 
-__all__ = ["ConfigError", "LightGCN", "MODELS", "ModelConfig", "Popularity", "Recommender", "SLMRec", "build",
+__all__ = ["ConfigError", "FREEDOM", "LightGCN", "MODELS", "ModelConfig", "Popularity", "Recommender", "SLMRec", "build",
            "model_class", "option"]  # fmt: skip
