@@ -307,6 +307,17 @@ def test_repeated_runs_are_bitwise_identical(backend, device):
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference"] + [b for b, dev in PAIRS if dev == "cpu"])
+def test_zero_rows_with_exclude_self_and_k_zero(backend):
+    """k = 0 of 0 rows with exclude_self was "k=0 is larger than the number of other rows (n - 1 = -1)" (and the
+    native operator's "must be in [0, -1]"): zero neighbours of no row is a valid, empty answer."""
+    values, indices = mmrec_fast.knn(torch.zeros(0, 3), 0, exclude_self=True, backend=backend)
+    assert values.shape == indices.shape == (0, 0)
+    assert mmrec_fast.knn_graph(torch.zeros(0, 3), 0, include_self=False, backend=backend).shape == (0, 0)
+    with pytest.raises(ValueError, match="k=1 is larger than the number of other rows"):
+        mmrec_fast.knn(torch.zeros(1, 3), 1, exclude_self=True, backend=backend)
+
+
 def test_bad_input_raises_clear_errors():
     x = torch.randn(5, 3)
     with pytest.raises(ValueError, match=r"k=6 is larger than the number of rows \(n = 5\)"):

@@ -26,6 +26,7 @@
 
 #include "tile_topk.h"
 
+#include <algorithm>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -120,8 +121,8 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool 
               "knn (native CPU): x must be float32 or float64, got ", x.scalar_type());
   const int64_t n = x.size(0), d = x.size(1);
   TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), "knn (native CPU): at most 2^31 - 2 rows, got ", n);
-  TORCH_CHECK(k >= 0 && k <= n - (exclude_self ? 1 : 0), "knn (native CPU): k=", k, " must be in [0, ",
-              n - (exclude_self ? 1 : 0), "]");
+  const int64_t limit = std::max<int64_t>(n - (exclude_self ? 1 : 0), 0);  // k = 0 of zero rows is fine
+  TORCH_CHECK(k >= 0 && k <= limit, "knn (native CPU): k=", k, " must be in [0, ", limit, "]");
   const at::Tensor xc = x.contiguous();
   at::Tensor values = at::empty({n, k}, x.options());
   at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));

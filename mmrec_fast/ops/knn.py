@@ -54,7 +54,7 @@ _native.on_load(_register_native)
 def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
     if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 0:
         raise ValueError(f"{op_name}: k must be an integer >= 0, got {k!r}")
-    limit = n - 1 if exclude_self else n
+    limit = max(n - 1, 0) if exclude_self else n  # k = 0 of zero rows is no neighbour of nothing: fine
     if k > limit:
         if exclude_self:
             what = f"the number of other rows (n - 1 = {n - 1}, exclude_self=True)"
