@@ -26,6 +26,21 @@ if not _HAS_CUDA:
 
 import mmrec_fast  # noqa: E402
 
+# Hypothesis profiles of the property tests (tests/test_properties.py). "ci", the default: 300 examples a test,
+# derandomised (CI runs the same examples every run, so a failure reproduces) and no example database; no deadline
+# (the Triton interpreter takes tens of milliseconds a call, and a loaded machine more). "long"
+# (--hypothesis-profile=long): 3000 random examples a test, failures remembered in .hypothesis/.
+try:
+    from hypothesis import HealthCheck, settings
+
+    _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+    settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, database=None,
+                              suppress_health_check=_SLOW, print_blob=True)  # fmt: skip
+    settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=_SLOW, print_blob=True)
+    settings.load_profile("ci")
+except ImportError:  # hypothesis is a test dependency; without it only test_properties.py fails to import
+    pass
+
 REPO = Path(__file__).resolve().parent.parent
 
 
