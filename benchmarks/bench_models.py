@@ -124,10 +124,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", choices=DATASETS, action="append")
     parser.add_argument("--model", choices=sorted(MODELS), action="append")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--flush-denormal", action="store_true",
+                        help="torch.set_flush_denormal(True) for both backends: subnormal floats (the exps of "
+                        "unnormalised logits, as in SLMRec's FAC task) slow plain PyTorch's CPU ops many times")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        print("this CPU cannot flush subnormals; --flush-denormal has no effect")
     from mmrec_fast.train import machine
 
-    print(f"machine: {machine(DEVICE)}; torch {torch.__version__}")
+    print(f"machine: {machine(DEVICE)}; torch {torch.__version__}; flush denormal: {args.flush_denormal}")
     for dataset_name in args.dataset or DATASETS:
         for model_name in args.model or sorted(MODELS):
             times = interleaved(dataset_name, model_name, args.rounds)
