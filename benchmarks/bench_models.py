@@ -13,10 +13,19 @@ Each model trains with its own ``train_defaults()`` (SLMRec: batch 2048, Adam lr
 Adam lr 1e-3). The evaluation is that of the trainer (all valid users, top 50, training items excluded, 4 metrics
 x 4 cut-offs), with ``topk_scores`` on the same backend as the model.
 
+MENTOR at Sports size (``sports-sized``: synthetic, 35,598 users, 18,357 items, ~256k training pairs, image 4,096-d,
+text 384-d): the peak extra tensor memory of one training step on the native path, whose full-population InfoNCE
+over all users and all items holds no U x U or I x I matrix, against the reference path's, which does (one fp32
+U x U matrix is 4.7 GiB there). The reference step is not run at full size (it would need most of a 24 GB machine):
+``python benchmarks/bench_models.py --mentor-sports-memory`` measures both paths on Sports-shaped data at 1/8, 1/4
+and 1/2 of the size, fits the reference's peak as a + b s + c s^2 in the scale s (exact through the three points:
+its U x U and I x I terms are quadratic) and extrapolates it to s = 1, and measures the native path at full size.
+
 ``pytest benchmarks/bench_models.py`` (or ``mmrec-fast bench models``) runs the cases one after the other (rounds
 of one case, then the next); ``python benchmarks/bench_models.py [--rounds N] [--dataset D] [--model M]`` runs the
 native and reference epochs interleaved (native, reference, native, ...), which a machine whose speed drifts needs
-for a fair ratio, and prints their medians.
+for a fair ratio, and prints their medians; ``--steps N`` times N training steps instead of whole epochs (a
+MENTOR epoch on the Baby-sized data is 69 steps of several seconds each on the native path).
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ from mmrec_fast.train import TrainConfig, Trainer, seed_everything  # noqa: E402
 
 #: the synthetic Baby-sized dataset: 184,500 interactions split 80/10/10 per user give ~139k training pairs
 BABY_SIZED = dict(preset="baby-like", num_interactions=184_500, feature_dims={"image": 4096, "text": 384})
+#: Amazon Sports' sizes (MMSSL / MMRec): 296,337 interactions split 80/10/10 per user give ~256k training pairs
+SPORTS_SIZED = dict(preset="sports-like", num_users=35_598, num_items=18_357, num_interactions=296_337,
+                    feature_dims={"image": 4096, "text": 384})  # fmt: skip
 DATASETS = ("tiktok", "baby-sized")
 LABELS = {"native": "mmrec_fast native", "reference": "reference backend"}
 _cache: dict = {}
@@ -80,6 +92,70 @@ def next_epoch(dataset_name: str, model_name: str, backend: str) -> float:
     return time.perf_counter() - start
 
 
+def next_steps(dataset_name: str, model_name: str, backend: str, steps: int) -> float:
+    """Run ``steps`` more training steps (the trainer's batches, in epoch order, each epoch after its pre_epoch
+    hook); their seconds."""
+    entry = trainer(dataset_name, model_name, backend)
+    trainer_ = entry[0]
+    batches = _cache.setdefault(("batches", dataset_name, model_name, backend), [iter(())])
+    trainer_.model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches[0], None)
+        if batch is None:
+            trainer_.model.pre_epoch(entry[1])
+            batches[0] = iter(trainer_.sampler.epoch(entry[1], trainer_.device))
+            entry[1] += 1
+            batch = next(batches[0])
+        trainer_.model.training_step(batch, trainer_.optimizers)
+    return time.perf_counter() - start
+
+
+def mentor_step_memory(scale: float, backends=("native", "reference")) -> dict:
+    """Peak extra tensor memory (MiB) of one MENTOR training step (forward + backward, batch 2048) on Sports-shaped
+    synthetic data scaled by ``scale`` (users, items and interactions), per backend; and the sizes."""
+    from mmrec_fast.data import BPRSampler
+    from mmrec_fast.models import MENTOR
+
+    users, items, interactions = (round(SPORTS_SIZED[k] * scale) for k in ("num_users", "num_items", "num_interactions"))
+    data = synthetic(**{**SPORTS_SIZED, "num_users": users, "num_items": items, "num_interactions": interactions})
+    seed_everything(0)
+    model = MENTOR(data, backend="native").to(DEVICE)  # (the reference kNN graph would build the I x I cosine matrix)
+    batch = next(BPRSampler(data.train, users, items, 2048, seed=0, negatives="train_items").epoch(0, DEVICE))
+    result = {"scale": scale, "users": users, "items": items, "train_pairs": len(data.train),
+              "user_by_user_mib": users * users * 4 / 2**20, "item_by_item_mib": items * items * 4 / 2**20}  # fmt: skip
+    for backend in backends:
+        model.backend = backend
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            sum(model.losses(batch).values()).backward()
+
+        started = time.perf_counter()
+        start, peak = peak_tensor_memory(step)
+        result[f"{backend}_peak_extra_mib"] = (peak - start) / 2**20
+        result[f"{backend}_step_seconds"] = time.perf_counter() - started  # (with the profiler's overhead)
+    return result
+
+
+def mentor_sports_memory(log=print) -> dict:
+    """The native path measured at full Sports size; the reference path measured at 1/8, 1/4, 1/2 and its peak
+    extrapolated to full size by the exact quadratic through the three points (see the module docstring)."""
+    import numpy as np
+
+    small = [mentor_step_memory(scale) for scale in (0.125, 0.25, 0.5)]
+    for row in small:
+        log(f"  scale {row['scale']}: {row['users']} users, {row['items']} items: native {row['native_peak_extra_mib']:.0f} MiB, "
+            f"reference {row['reference_peak_extra_mib']:.0f} MiB (U x U fp32 {row['user_by_user_mib']:.0f} MiB)")
+    scales = np.array([row["scale"] for row in small])
+    coefficients = np.polyfit(scales, [row["reference_peak_extra_mib"] for row in small], 2)
+    full = mentor_step_memory(1.0, backends=("native",))
+    full["reference_peak_extra_mib_extrapolated"] = float(np.polyval(coefficients, 1.0))
+    full["reference_fit_mib"] = {"c": coefficients[0], "b": coefficients[1], "a": coefficients[2]}
+    full["measured_below_full_size"] = small
+    return full
+
+
 def check_backend(backend: str) -> None:
     if backend == "native" and DEVICE not in mmrec_fast.available()["native"]:
         pytest.skip("the native extension is not available")
@@ -108,14 +184,29 @@ def test_full_evaluation(benchmark, dataset_name, model_name, backend):
     benchmark.pedantic(lambda: trainer_.evaluate("valid"), rounds=3, iterations=1, warmup_rounds=1)
 
 
-def interleaved(dataset_name: str, model_name: str, rounds: int) -> dict[str, list[float]]:
-    """Epoch seconds of native and reference, alternating, after one warm-up epoch each."""
+def test_mentor_sports_sized_step_memory(benchmark):
+    """MENTOR at Sports size, native path: one training step's peak extra memory (no U x U or I x I matrix), against
+    the reference path's measured at a quarter of the size (its full-size need: ``--mentor-sports-memory``)."""
+    check_backend("native")
+    benchmark.group = "mentor: one training step at Sports size (peak extra memory in extra_info)"
+    full = mentor_step_memory(1.0, backends=("native",))
+    quarter = mentor_step_memory(0.25)
+    benchmark.extra_info.update({"native_peak_extra_mib": full["native_peak_extra_mib"],
+                                 "user_by_user_fp32_mib": full["user_by_user_mib"], "quarter_size": quarter})  # fmt: skip
+    assert full["native_peak_extra_mib"] < full["user_by_user_mib"]
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def interleaved(dataset_name: str, model_name: str, rounds: int, steps: int | None = None) -> dict[str, list[float]]:
+    """Epoch seconds (or the seconds of ``steps`` training steps) of native and reference, alternating, after one
+    warm-up round each."""
+    run = next_epoch if steps is None else (lambda *key: next_steps(*key, steps))
     times: dict[str, list[float]] = {"native": [], "reference": []}
     for backend in times:
-        next_epoch(dataset_name, model_name, backend)
+        run(dataset_name, model_name, backend)
     for _ in range(rounds):
         for backend in times:
-            times[backend].append(next_epoch(dataset_name, model_name, backend))
+            times[backend].append(run(dataset_name, model_name, backend))
     return times
 
 
@@ -124,6 +215,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", choices=DATASETS, action="append")
     parser.add_argument("--model", choices=sorted(MODELS), action="append")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, help="time this many training steps a round instead of an epoch")
+    parser.add_argument("--mentor-sports-memory", action="store_true",
+                        help="MENTOR's peak step memory at Sports size, native vs reference (see the docstring)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--flush-denormal", action="store_true",
                         help="torch.set_flush_denormal(True) for both backends: subnormal floats (the exps of "
@@ -136,11 +230,17 @@ def main(argv=None) -> int:
     from mmrec_fast.train import machine
 
     print(f"machine: {machine(DEVICE)}; torch {torch.__version__}; flush denormal: {args.flush_denormal}")
+    if args.mentor_sports_memory:
+        import json
+
+        print(json.dumps(mentor_sports_memory(), indent=1, default=float), flush=True)
+        return 0
     for dataset_name in args.dataset or DATASETS:
         for model_name in args.model or sorted(MODELS):
-            times = interleaved(dataset_name, model_name, args.rounds)
+            times = interleaved(dataset_name, model_name, args.rounds, args.steps)
             native, ref = statistics.median(times["native"]), statistics.median(times["reference"])
-            print(f"{model_name} epoch, {dataset_name}: native median {native:.2f} s {[round(t, 2) for t in times['native']]}, "
+            what = "epoch" if args.steps is None else f"{args.steps} steps"
+            print(f"{model_name} {what}, {dataset_name}: native median {native:.2f} s {[round(t, 2) for t in times['native']]}, "
                   f"reference median {ref:.2f} s {[round(t, 2) for t in times['reference']]}: {ref / native:.2f}x", flush=True)
     return 0
 
