@@ -25,6 +25,16 @@ from conftest import kernel_backends
 FEATURES = {"image": 12, "text": 9, "audio": 6}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These small models run fastest on one thread, and a loaded machine makes an OpenMP team of two wait at every
+    barrier; the kernels' multi-threaded results are tested with the ops (and in test_models.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return synthetic("small", num_users=60, num_items=40, num_interactions=500, feature_dims=FEATURES, seed=7)
@@ -273,7 +283,7 @@ def test_train_through_the_cli_with_exact_resume(tmp_path, capsys):
 
     def run(out, epochs, *extra):
         args = ["train", "--model", "freedom", "--synthetic", "small", "--data-seed", "2", "--out", str(out), "--epochs",
-                str(epochs), "--no-progress", "--batch-size", "512", "--set", "dim=16", "--set", "dropout=0.9", *extra]
+                str(epochs), "--no-progress", "--threads", "1", "--batch-size", "512", "--set", "dim=16", "--set", "dropout=0.9", *extra]
         assert main(args) == 0
         return json.loads((out / "run.json").read_text())
 
