@@ -6,6 +6,8 @@ Ops (each with ``backend="reference" | "native" | "triton" | None``):
 * :func:`info_nce` / :class:`InfoNCE`: InfoNCE with in-batch negatives, fused, memory O(B d).
 * :func:`topk_scores`: score + exclude known pairs + top-k, for full-ranking evaluation.
 * :func:`knn` / :func:`knn_graph`: exact cosine kNN and the kNN semantic item graph (FREEDOM/MENTOR/LATTICE).
+* :func:`masked_similarity`: normalised masked similarity rows, optionally through a linear layer without the
+  (B, K) matrix (MMSSL's discriminator inputs).
 
 Models and training: :mod:`mmrec_fast.data` (MMRec / MMSSL loaders, synthetic data, BPR sampler),
 :mod:`mmrec_fast.models` (LightGCN, ...), :mod:`mmrec_fast.evaluate` (full-ranking metrics),
@@ -23,7 +25,7 @@ import torch
 from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
-from .ops import InfoNCE, info_nce, knn, knn_graph, propagate, spmm, topk_scores
+from .ops import InfoNCE, info_nce, knn, knn_graph, masked_similarity, propagate, spmm, topk_scores
 from . import data, evaluate, models  # noqa: E402  (after the ops they use)
 from .train import TrainConfig, Trainer  # noqa: E402
 
@@ -43,6 +45,7 @@ __all__ = [
     "info_nce",
     "knn",
     "knn_graph",
+    "masked_similarity",
     "models",
     "propagate",
     "set_backend",
