@@ -4,12 +4,13 @@
 * :func:`synthetic`: a generated dataset with latent-factor structure, power-law degrees and real sizes (the
   embedded default).
 * :class:`Dataset`: what all of them return; :class:`Interactions`: (user, item) pairs.
-* :class:`PairSampler` / :class:`BPRSampler`: shuffled (user, positive[, negative]) batches, vectorised and seeded.
+* :class:`PairSampler` / :class:`BPRSampler`: shuffled (user, positive[, negative]) batches, vectorised and seeded;
+  :class:`UserSampler`: MMSSL's batches of distinct uniformly drawn users.
 """
 
 from .dataset import SPLITS, DataError, Dataset, Interactions
 from .loaders import MODALITIES, from_source, load, load_mmrec, load_mmssl
-from .sampler import NEGATIVE_POOLS, SAMPLERS, BPRSampler, PairSampler
+from .sampler import NEGATIVE_POOLS, SAMPLERS, BPRSampler, PairSampler, UserSampler
 from .synthetic import DEFAULT_PRESET, PRESETS, synthetic
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "NEGATIVE_POOLS",
     "PairSampler",
     "SAMPLERS",
+    "UserSampler",
     "DEFAULT_PRESET",
     "DataError",
     "Dataset",

@@ -4,6 +4,8 @@
   negatives; the original's ``PointwiseSamplerV2``).
 * :class:`BPRSampler`: (3, B) [users; positives; negatives], one uniform negative per row (MMRec's
   ``TrainDataLoader``; ``interaction[0..2]`` in MMRec models).
+* :class:`UserSampler`: (3, B) as BPRSampler's, but B distinct users drawn uniformly a batch, each with one random
+  positive (MMSSL's ``sample``).
 
 MMRec's loader draws each negative in a Python rejection loop (``_sample_neg_ids``: draw, test membership in the
 user's set, redraw). Here a whole epoch's negatives are drawn at once and exactly, without rejection: with the
@@ -130,5 +132,43 @@ class BPRSampler(PairSampler):
         return torch.stack([users, items, self.negatives(users, generator)])
 
 
+class UserSampler(BPRSampler):
+    """MMSSL's batches (``MMSSL/utility/load_data.py`` ``sample``, ``main.py`` L322-336): (3, B) [users; positives;
+    negatives] with B distinct users drawn uniformly among those with training items (with replacement when B is
+    larger than their number), one positive drawn uniformly among each user's distinct training items and one
+    negative uniformly among the items the user has not interacted with; ``len(train) // B + 1`` batches an epoch,
+    every one full. Each user counts the same however many items it has (the interaction samplers weight users by
+    their activity: the mean activity of a sampled TikTok user is 294 interactions, of a TikTok user 6.4).
+
+    Args:
+        train, num_users, num_items, batch_size, seed: as :class:`PairSampler` (``shuffle`` is ignored: the draws
+            are random).
+        negatives: as :class:`BPRSampler` (MMSSL: "all").
+    """
+
+    rows = 3
+
+    def __init__(self, train: Interactions, num_users: int, num_items: int, batch_size: int = 1024, *,
+                 seed: int = 0, shuffle: bool = True, negatives: str = "all"):  # fmt: skip
+        super().__init__(train, num_users, num_items, batch_size, seed=seed, shuffle=shuffle, negatives=negatives)
+        self.active_users = torch.nonzero(self.positive_counts > 0).flatten()
+        self.positive_items = train.unique_pairs(self.num_items).items  # sorted by user: rows of self.rowptr
+
+    def __len__(self) -> int:
+        return len(self.train) // self.batch_size + 1
+
+    def table(self, epoch: int) -> torch.Tensor:
+        generator = self.generator(epoch)
+        count, size = self.active_users.numel(), self.batch_size
+        picks = [torch.randperm(count, generator=generator)[:size] if size <= count
+                 else torch.randint(count, (size,), generator=generator) for _ in range(len(self))]  # fmt: skip
+        users = self.active_users[torch.cat(picks)]
+        degree = self.positive_counts[users]
+        offset = torch.minimum((torch.rand(users.shape, generator=generator, dtype=torch.float64) * degree).to(torch.int64),
+                               degree - 1)  # fmt: skip
+        positives = self.positive_items[self.rowptr[users] + offset]
+        return torch.stack([users, positives, self.negatives(users, generator)])
+
+
 #: a model's ``batch_kind`` -> the sampler of its batches
-SAMPLERS = {"bpr": BPRSampler, "pairs": PairSampler}
+SAMPLERS = {"bpr": BPRSampler, "pairs": PairSampler, "users": UserSampler}
