@@ -32,7 +32,7 @@ def test_the_interface(dataset, name):
     model = build(name, dataset)
     assert type(model) is model_class(name) and model.name == name and model.summary
     batch = first_batch(model, dataset, 64)
-    assert batch.shape == ((3, 64) if model.batch_kind == "bpr" else (2, 64))
+    assert batch.shape == (SAMPLERS[model.batch_kind].rows, 64)
     torch.manual_seed(1)  # the same draws for both calls (MENTOR's noise views and dropout are random)
     terms = model.losses(batch)
     assert terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
@@ -131,7 +131,7 @@ def test_double_precision_and_graphs_follow_the_module(dataset, name):
 
 
 def test_unknown_model_and_config_type(dataset):
-    with pytest.raises(ValueError, match="unknown model 'mmgcn'; available: freedom, lightgcn, mentor, slmrec"):
+    with pytest.raises(ValueError, match="unknown model 'mmgcn'; available: freedom, lightgcn, mentor, mmssl, slmrec"):
         build("mmgcn", dataset)
     with pytest.raises(TypeError, match="LightGCN: config must be a LightGCN.Config, got Config"):
         build("lightgcn", dataset, model_class("slmrec").Config())

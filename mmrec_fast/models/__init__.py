@@ -12,11 +12,12 @@ from .base import ConfigError, ModelConfig, Recommender, option
 from .freedom import FREEDOM
 from .lightgcn import LightGCN
 from .mentor import MENTOR
+from .mmssl import MMSSL
 from .popularity import Popularity
 from .slmrec import SLMRec
 
 #: name -> trainable model class
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightGCN, SLMRec, FREEDOM, MENTOR)}
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LightGCN, SLMRec, FREEDOM, MENTOR, MMSSL)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -36,5 +37,5 @@ def build(name: str, dataset, config: ModelConfig | dict | None = None, *, backe
     return cls(dataset, config, backend=backend, **changes)
 
 
-__all__ = ["ConfigError", "FREEDOM", "LightGCN", "MENTOR", "MODELS", "ModelConfig", "Popularity", "Recommender", "SLMRec", "build",
+__all__ = ["ConfigError", "FREEDOM", "LightGCN", "MENTOR", "MMSSL", "MODELS", "ModelConfig", "Popularity", "Recommender", "SLMRec", "build",
            "model_class", "option"]  # fmt: skip
