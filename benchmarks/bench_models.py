@@ -25,7 +25,9 @@ its U x U and I x I terms are quadratic) and extrapolates it to s = 1, and measu
 of one case, then the next); ``python benchmarks/bench_models.py [--rounds N] [--dataset D] [--model M]`` runs the
 native and reference epochs interleaved (native, reference, native, ...), which a machine whose speed drifts needs
 for a fair ratio, and prints their medians; ``--steps N`` times N training steps instead of whole epochs (a
-MENTOR epoch on the Baby-sized data is 69 steps of several seconds each on the native path).
+MENTOR epoch on the Baby-sized data is 69 steps of several seconds each on the native path). ``--profile N`` splits
+the time of N training steps into the model's profiler sections (MMSSL: propagation, similarity rows, discriminator,
+contrastive loss, augmentation, optimizer), each with its backward, on both backends.
 """
 
 from __future__ import annotations
@@ -197,6 +199,48 @@ def test_mentor_sports_sized_step_memory(benchmark):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
 
 
+def step_profile(dataset_name: str, model_name: str, backend: str, steps: int) -> dict[str, float]:
+    """Seconds of ``steps`` training steps by section: the model's named profiler ranges (``<model>.<section>``,
+    e.g. MMSSL's propagation, similarity_rows, discriminator, contrastive, augmentation, optimizer), each with the
+    backward of what ran inside it (a backward node is matched to its forward op by autograd's sequence number);
+    "other" is the rest of the steps' time (the loss terms outside any range, the batch's exclusion graph, Python).
+    The steps run under torch's profiler, whose overhead is in every section; the shares are what it is for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prefix = f"{model_name}."
+    next_steps(dataset_name, model_name, backend, 1)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        next_steps(dataset_name, model_name, backend, steps)
+        total = time.perf_counter() - started
+    events = prof.events()
+
+    def section_of(event):
+        while event is not None:
+            if event.name.startswith(prefix):
+                return event.name[len(prefix):]
+            event = event.cpu_parent
+        return None
+
+    forward_section = {}  # autograd sequence number of a forward op -> its section
+    seconds: dict[str, float] = {}
+    for event in events:
+        name = section_of(event)
+        if event.name.startswith(prefix) and section_of(event.cpu_parent) is None:  # an outermost range
+            seconds[name] = seconds.get(name, 0.0) + event.cpu_time_total / 1e6
+        elif name is not None and event.sequence_nr >= 0 and not event.name.startswith("autograd::"):
+            forward_section.setdefault(event.sequence_nr, name)
+    for event in events:  # backward nodes outside every range (inside one they are that range's time already)
+        if event.name.startswith("autograd::engine::evaluate_function") and section_of(event) is None:
+            name = forward_section.get(event.sequence_nr)
+            if name is not None:
+                seconds[name] = seconds.get(name, 0.0) + event.cpu_time_total / 1e6
+    seconds = dict(sorted(seconds.items(), key=lambda item: -item[1]))
+    seconds["other"] = total - sum(seconds.values())
+    seconds["total"] = total
+    return seconds
+
+
 def interleaved(dataset_name: str, model_name: str, rounds: int, steps: int | None = None) -> dict[str, list[float]]:
     """Epoch seconds (or the seconds of ``steps`` training steps) of native and reference, alternating, after one
     warm-up round each."""
@@ -218,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="time this many training steps a round instead of an epoch")
     parser.add_argument("--mentor-sports-memory", action="store_true",
                         help="MENTOR's peak step memory at Sports size, native vs reference (see the docstring)")
+    parser.add_argument("--profile", type=int, metavar="STEPS",
+                        help="instead: the time of STEPS training steps by the model's sections, native and reference")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--flush-denormal", action="store_true",
                         help="torch.set_flush_denormal(True) for both backends: subnormal floats (the exps of "
@@ -234,6 +280,15 @@ def main(argv=None) -> int:
         import json
 
         print(json.dumps(mentor_sports_memory(), indent=1, default=float), flush=True)
+        return 0
+    if args.profile:
+        for dataset_name in args.dataset or DATASETS:
+            for model_name in args.model or ["mmssl"]:
+                for backend in ("native", "reference"):
+                    seconds = step_profile(dataset_name, model_name, backend, args.profile)
+                    total = seconds.pop("total")
+                    parts = ", ".join(f"{name} {value:.2f} s ({100 * value / total:.0f}%)" for name, value in seconds.items())
+                    print(f"{model_name} {backend}, {dataset_name}: {args.profile} steps {total:.2f} s: {parts}", flush=True)
         return 0
     for dataset_name in args.dataset or DATASETS:
         for model_name in args.model or sorted(MODELS):

@@ -388,3 +388,155 @@ def test_user_batches(dataset):
     assert not torch.equal(batches[0], next(sampler.epoch(1)))
     large = UserSampler(dataset.train, dataset.num_users, dataset.num_items, 100, seed=0)  # B > U: with replacement
     assert next(large.epoch(0)).shape == (3, 100)
+
+
+# -- the defaults' empty graphs, the option that fills them ---------------------------------------------------------
+def test_the_defaults_leave_the_graphs_empty_and_the_contrastive_loss_constant(dataset):
+    seed_everything(0)
+    model = MMSSL(dataset, modalities=("image", "audio"))
+    assert model.augment_k == 0  # int(40 * 1e-4)
+    optimizers = model.optimizers(TrainConfig.for_model(MMSSL))
+    sampler = UserSampler(dataset.train, dataset.num_users, dataset.num_items, 16, seed=0)
+    for index, batch in enumerate(sampler.epoch(0)):
+        model.training_step(batch, optimizers)
+        assert (model.aug_ui_image.nnz > 0) == (index == 0)  # the graph that batch index + 1 will use
+    batch = batch_of(dataset, size=16)
+    terms = model.losses(batch)
+    torch.testing.assert_close(terms["cl"], torch.tensor(0.03 * 2 * -math.log(1 / 31 + 1e-8)))  # log(2B - 1) a view
+    views = model.propagate_all()["user_views"]
+    assert all((v == 0).all() for v in views)
+    sum(terms.values()).backward()
+    assert model.w_cat.grad is None or (model.w_cat.grad == 0).all()  # nothing reaches the attention
+
+
+def test_the_persistent_option_fills_the_graphs_with_each_users_own_top_items(dataset):
+    seed_everything(0)
+    model = MMSSL(dataset, modalities=("image", "text"), augment="persistent", augment_topk_rate=0.05).double()
+    assert model.augment_k == 2
+    optimizers = model.optimizers(TrainConfig.for_model(MMSSL))
+    batch = batch_of(dataset, size=20)
+    users = batch[0]
+    torch.manual_seed(3)
+    model.training_step(batch, optimizers)
+    # the top-k the step stored: each batch user's own best items of S_m, its training items left out
+    model_after = MMSSL(dataset, modalities=("image", "text"), augment="persistent", augment_topk_rate=0.05).double()
+    model_after.load_state_dict(model.state_dict())
+    r = dense_r(dataset)
+    for k, modality in enumerate(model.modalities):
+        table = model.augment_table[k]
+        assert (table[users] >= 0).all() and (table[[u for u in range(60) if u not in users.tolist()]] == -1).all()
+        assert not r[users.unsqueeze(1), table[users]].bool().any()  # never a training item
+        assert torch.equal(model.augment_graph_table[k], table)  # T = 1: rebuilt after every batch
+        expected = torch.zeros(60, 40, dtype=torch.float64)
+        expected[users.unsqueeze(1), table[users]] = 1
+        torch.testing.assert_close(dense(getattr(model, f"aug_ui_{modality}")), csr_norm_left(expected), rtol=1e-12, atol=0)
+        torch.testing.assert_close(dense(getattr(model_after, f"aug_iu_{modality}")), csr_norm_left(expected.T), rtol=1e-12, atol=0)
+    # the rows they come from: the step's second forward pass (recomputed with its dropout draws)
+    seed_everything(0)
+    probe = MMSSL(dataset, modalities=("image", "text"), augment="persistent", augment_topk_rate=0.05).double()
+    torch.manual_seed(3)
+    probe.discriminator_loss(batch)  # the same draws as the step's first half
+    out = probe.propagate_all()
+    for k in range(2):
+        scores = (out["user_feats"][k][users] @ out["item_feats"][k].T).masked_fill(r[users].bool(), float("-inf"))
+        assert torch.equal(torch.topk(scores, 2, dim=1).indices.sort(1).values, model.augment_table[k][users].sort(1).values)
+
+
+def test_model_checks(dataset):
+    with pytest.raises(ValueError, match=r"heads \(3\) must divide dim \(64\)"):
+        MMSSL(dataset, heads=3)
+    from mmrec_fast.data import Dataset, Interactions
+
+    pairs = Interactions(torch.tensor([0, 1, 2]), torch.tensor([0, 3, 6]))
+    tiny = Dataset("tiny", 3, 7, pairs, pairs, pairs, {"image": torch.ones(7, 2)})
+    with pytest.raises(ValueError, match="7 items are too few"):
+        MMSSL(tiny)
+    bare = synthetic("small", num_users=60, num_items=40, num_interactions=500, feature_dims={}, seed=1)
+    with pytest.raises(ValueError, match="MMSSL needs item features of at least one of image, text, audio"):
+        MMSSL(bare)
+    model = MMSSL(dataset)
+    assert model.modalities == ("image", "text", "audio")
+    assert [p.shape for p in model.discriminator.parameters()][:2] == [(40, 10), (10,)]  # W_1^T (I, I/4), b_1
+    defaults = MMSSL.train_defaults()
+    assert (defaults["optimizer"], defaults["lr"], defaults["weight_decay"], defaults["batch_size"]) == ("adamw", 5.5e-4, 0.01, 1024)
+    assert (defaults["patience"], defaults["seed"], defaults["valid_metric"]) == (8, 2022, "recall@20")
+    optimizers = model.optimizers(TrainConfig.for_model(MMSSL))
+    assert set(optimizers) == {"discriminator", "model"}
+    d_params = {id(p) for p in model.discriminator.parameters()}
+    assert {id(p) for g in optimizers["discriminator"].param_groups for p in g["params"]} == d_params
+    assert optimizers["discriminator"].param_groups[0]["betas"] == (0.5, 0.9)
+    assert optimizers["discriminator"].param_groups[0]["lr"] == 3e-4
+    model_params = {id(p) for g in optimizers["model"].param_groups for p in g["params"]}
+    assert not model_params & d_params and len(model_params) + len(d_params) == len(list(model.parameters()))
+    assert isinstance(optimizers["model"], torch.optim.AdamW) and optimizers["model"].param_groups[0]["weight_decay"] == 0.01
+
+
+def test_log_eps(dataset):
+    seed_everything(0)
+    exact = MMSSL(dataset, log_eps=0.0).double()
+    views, final = torch.randn(16, 64, dtype=torch.float64), torch.randn(16, 64, dtype=torch.float64)
+    torch.testing.assert_close(MMSSL(dataset).double().contrastive(views, final), authors_contrastive(views, final, 0.5),
+                               rtol=1e-13, atol=0)  # fmt: skip
+    from mmrec_fast import info_nce
+
+    torch.testing.assert_close(exact.contrastive(views, final), info_nce(views, final, 0.5, intra_view_negatives=True))
+
+
+# -- training and the command line ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("augment", ["authors", "persistent"])
+def test_a_few_epochs_reduce_the_loss(dataset, augment):
+    seed_everything(0)
+    model = MMSSL(dataset, modalities=("image", "text"), augment=augment, dim=16, heads=2)
+    config = TrainConfig.for_model(MMSSL, lr=0.01, batch_size=32, epochs=5, ks=(5, 10, 20), progress=False, verbose=False)
+    record = Trainer(model, dataset, config).fit()
+    first, last = record["epochs"][0]["losses"], record["epochs"][-1]["losses"]
+    assert set(first) == {"bpr", "reg", "feat_reg", "cl", "gen", "disc"}
+    assert last["bpr"] < 0.9 * first["bpr"], (first, last)
+    assert last["disc"] < first["disc"]  # the discriminator learns too (its penalty falls)
+
+
+def write_mmssl_directory(dataset, directory):
+    """The dataset in MMSSL's format: {user: [items]} json splits and <modality>_feat.npy."""
+    import numpy as np
+
+    directory.mkdir()
+    for split, name in (("train", "train.json"), ("valid", "val.json"), ("test", "test.json")):
+        pairs = getattr(dataset, split)
+        lists = {}
+        for u, i in zip(pairs.users.tolist(), pairs.items.tolist()):
+            lists.setdefault(str(u), []).append(i)
+        (directory / name).write_text(json.dumps(lists))
+    for modality, features in dataset.features.items():
+        np.save(directory / f"{modality}_feat.npy", features.numpy())
+    return directory
+
+
+def test_train_through_the_cli_with_exact_resume(dataset, tmp_path, capsys):
+    from mmrec_fast.cli import main
+
+    data = write_mmssl_directory(dataset, tmp_path / "data")
+
+    def run(out, epochs, *extra):
+        args = ["train", "--model", "mmssl", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--no-progress",
+                "--threads", "1", "--batch-size", "48", "--set", "dim=16", "--set", "augment=persistent",
+                "--set", "augment_interval=2", "--ks", "5,10,20", *extra]  # fmt: skip
+        assert main(args) == 0
+        return json.loads((out / "run.json").read_text())
+
+    straight = run(tmp_path / "straight", 3)
+    run(tmp_path / "resumed", 2)
+    state = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert set(state["optimizer_states"]) == {"discriminator", "model"}
+    assert all(s["state"] for s in state["optimizer_states"].values())  # both optimizers have stepped: Adam moments
+    assert (state["model_state"]["augment_graph_table"] >= 0).any()
+    resumed = run(tmp_path / "resumed", 3, "--resume", str(tmp_path / "resumed" / "last.pt"))
+    assert resumed["resumed_from"].endswith("last.pt")
+    assert [e["losses"] for e in resumed["epochs"]] == [e["losses"] for e in straight["epochs"]]
+    assert [e["valid"] for e in resumed["epochs"]] == [e["valid"] for e in straight["epochs"]]
+    assert resumed["test"] == straight["test"]
+    assert straight["config"]["lr"] == 5.5e-4 and straight["config"]["seed"] == 2022 and straight["config"]["optimizer"] == "adamw"
+    assert straight["model"]["modalities"] == ["image", "text", "audio"]
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "straight" / "best.pt"), "--ndcg", "ngcf"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{straight['test']['recall@20']:.4f}" in printed  # the best model ranks with its saved augmented graphs

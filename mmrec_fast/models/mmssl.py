@@ -131,6 +131,12 @@ from .base import ModelConfig, Recommender, finite_values, option, rows
 
 #: the degree epsilon of every MMSSL graph ((deg + 1e-8)^-1/2, ``csr_norm``)
 DEGREE_EPS = 1e-8
+def section(name: str):
+    """A named range of the profiler's trace (``mmssl.<name>``; benchmarks/bench_models.py's epoch profile sorts an
+    epoch's time into them, the backward included); nearly free without a profiler."""
+    return torch.profiler.record_function(f"mmssl.{name}")
+
+
 #: the gradient penalty's fixed factor (``LAMBDA`` in ``gradient_penalty``), times ``gp_rate``
 GP_LAMBDA = 0.3
 
@@ -402,6 +408,10 @@ class MMSSL(Recommender):
     def propagate_all(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Every output of the forward pass: "users" (U, d), "items" (I, d), the feature hops "user_feats" /
         "item_feats" and the id views "user_views" (lists over the modalities)."""
+        with section("propagation"):
+            return self._propagate_all()
+
+    def _propagate_all(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         c = self.config
         d, M = c.dim, len(self.modalities)
         projected = [F.dropout(self.project[m](getattr(self, f"{m}_features")), c.dropout, self.training)
@@ -466,13 +476,14 @@ class MMSSL(Recommender):
             weight, bias = (D.weight1.detach(), D.bias1.detach()) if frozen else (D.weight1, D.bias1)
         else:
             weight = bias = None
-        return torch.cat([masked_similarity(rows(user_feats, users), item_feats, exclude, weight, bias, backend=self.backend)
-                          for user_feats, item_feats in zip(out["user_feats"], out["item_feats"])])  # fmt: skip
+        with section("similarity_rows"):
+            return torch.cat([masked_similarity(rows(user_feats, users), item_feats, exclude, weight, bias, backend=self.backend)
+                              for user_feats, item_feats in zip(out["user_feats"], out["item_feats"])])  # fmt: skip
 
     def real_rows(self, out: dict, users: torch.Tensor, exclude: Graph) -> torch.Tensor:
         """(B, I): normalize(softmax(R_b + (gumbel_scale / real_tau) g) + ui_pre_scale S_ui), without gradient."""
         c = self.config
-        with torch.no_grad():
+        with torch.no_grad(), section("similarity_rows"):
             similarity = masked_similarity(rows(out["users"], users), out["items"], exclude, backend=self.backend)
             noise = torch.rand(similarity.shape, dtype=similarity.dtype, device=similarity.device)
             logits = -(c.gumbel_scale / c.real_tau) * torch.log(-torch.log(noise + 1e-8) + 1e-8)
@@ -495,20 +506,22 @@ class MMSSL(Recommender):
         exclude = self.batch_exclusion(users)
         D = self.discriminator
         fake = self.fake_rows(out, users, exclude, frozen=False, factorized=factorized)
-        loss_fake = (D.rest(fake) if factorized else D(fake)).mean()
+        with section("discriminator"):
+            loss_fake = (D.rest(fake) if factorized else D(fake)).mean()
         real = self.real_rows(out, users, exclude)
-        real = D.first(real).repeat(M, 1) if factorized else real.repeat(M, 1)  # the authors' cat((u_ui, u_ui))
-        loss_real = -(D.rest(real) if factorized else D(real)).mean()
-        alpha = torch.rand(M * users.numel(), 1, dtype=fake.dtype, device=fake.device)
-        if factorized:  # x_hat enters D through h_1 = x_hat W_1^T + b_1 = alpha h_1(real) + (1 - alpha) h_1(fake)
-            h1 = alpha * real + (1 - alpha) * fake
-            (grad_h1,) = torch.autograd.grad(D.rest(h1).sum(), h1, create_graph=True)
-            norms = product_row_norms(grad_h1, D.weight1)
-        else:
-            x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_()
-            (grad_x,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
-            norms = grad_x.norm(2, dim=1)
-        gp = ((norms - 1) ** 2).mean() * GP_LAMBDA
+        with section("discriminator"):
+            real = D.first(real).repeat(M, 1) if factorized else real.repeat(M, 1)  # the authors' cat((u_ui, u_ui))
+            loss_real = -(D.rest(real) if factorized else D(real)).mean()
+            alpha = torch.rand(M * users.numel(), 1, dtype=fake.dtype, device=fake.device)
+            if factorized:  # x_hat enters D through h_1 = x_hat W_1^T + b_1 = alpha h_1(real) + (1 - alpha) h_1(fake)
+                h1 = alpha * real + (1 - alpha) * fake
+                (grad_h1,) = torch.autograd.grad(D.rest(h1).sum(), h1, create_graph=True)
+                norms = product_row_norms(grad_h1, D.weight1)
+            else:
+                x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_()
+                (grad_x,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+                norms = grad_x.norm(2, dim=1)
+            gp = ((norms - 1) ** 2).mean() * GP_LAMBDA
         return {"real": loss_real, "fake": loss_fake, "gp": self.config.gp_rate * gp}
 
     def _model_terms(self, batch: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -522,20 +535,29 @@ class MMSSL(Recommender):
         exclude = self.batch_exclusion(users)
         top_items = []
         if self.training and self.augment_k > 0:
-            for user_feats, item_feats in zip(out["user_feats"], out["item_feats"]):
-                top_items.append(topk_scores(rows(user_feats, users).detach(), item_feats.detach(), self.augment_k,
-                                             exclude=exclude, backend=self.backend)[1])  # fmt: skip
+            with section("augmentation"):
+                top_items = self._top_items(out, users, exclude)
         squares = sum(f.square().sum() for f in out["item_feats"]) + sum(f.square().sum() for f in out["user_feats"])
         terms["feat_reg"] = c.feat_reg_weight * squares / (2 * self.num_items)
         terms["cl"] = c.cl_rate * sum(self.contrastive(rows(view, users), u) for view in out["user_views"])
         factorized = self.factorized()
         fake = self.fake_rows(out, users, exclude, frozen=True, factorized=factorized)
         D = self.discriminator
-        terms["gen"] = c.g_rate * -(D.rest(fake, frozen=True) if factorized else D(fake, frozen=True)).mean()
+        with section("discriminator"):
+            terms["gen"] = c.g_rate * -(D.rest(fake, frozen=True) if factorized else D(fake, frozen=True)).mean()
         return terms, top_items
+
+    def _top_items(self, out: dict, users: torch.Tensor, exclude: Graph) -> list[torch.Tensor]:
+        """Per modality, each batch user's augment_k best items of S_m, its training items left out: (B, k)."""
+        return [topk_scores(rows(user_feats, users).detach(), item_feats.detach(), self.augment_k, exclude=exclude,
+                            backend=self.backend)[1] for user_feats, item_feats in zip(out["user_feats"], out["item_feats"])]  # fmt: skip
 
     def contrastive(self, views: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         """mean_b -log(p_b + log_eps) of the GRACE loss with intra-view negatives, anchors ``views`` (B, d)."""
+        with section("contrastive"):
+            return self._contrastive(views, final)
+
+    def _contrastive(self, views: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         c = self.config
         if c.log_eps == 0:
             return info_nce(views, final, c.temperature, intra_view_negatives=True, backend=self.backend)
@@ -567,13 +589,17 @@ class MMSSL(Recommender):
         d_terms = self.discriminator_loss(batch)
         d_loss = sum(d_terms.values())
         disc = finite_values({"disc": d_loss})
-        optimizers["discriminator"].zero_grad(set_to_none=True)
+        with section("optimizer"):
+            optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
-        optimizers["discriminator"].step()
-        optimizers["model"].zero_grad(set_to_none=True)
+        with section("optimizer"):
+            optimizers["discriminator"].step()
+            optimizers["model"].zero_grad(set_to_none=True)
         terms, top_items = self._model_terms(batch)
         values = finite_values(terms)
-        self.update_augmentation(batch[0], top_items)
+        with section("augmentation"):
+            self.update_augmentation(batch[0], top_items)
         sum(terms.values()).backward()
-        optimizers["model"].step()
+        with section("optimizer"):
+            optimizers["model"].step()
         return {**values, **disc}
