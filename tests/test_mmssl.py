@@ -540,3 +540,18 @@ def test_train_through_the_cli_with_exact_resume(dataset, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "straight" / "best.pt"), "--ndcg", "ngcf"]) == 0
     printed = capsys.readouterr().out
     assert f"{straight['test']['recall@20']:.4f}" in printed  # the best model ranks with its saved augmented graphs
+
+
+def test_without_the_generator_term_the_discriminator_step_is_skipped(dataset):
+    results = []
+    for g_rate in (0.0, 1e-4):
+        seed_everything(0)
+        model = MMSSL(dataset, g_rate=g_rate).double()
+        optimizers = model.optimizers(TrainConfig.for_model(MMSSL))
+        before = [p.detach().clone() for p in model.discriminator.parameters()]
+        values = model.training_step(batch_of(dataset), optimizers)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, model.discriminator.parameters()))
+        results.append((values, moved))
+    (skipped, d_still), (full, d_moved) = results
+    assert "disc" not in skipped and skipped["gen"] == 0 and not d_still
+    assert "disc" in full and full["gen"] != 0 and d_moved

@@ -27,7 +27,9 @@ Z_m = [v_m | .. | v_m] W_cat = v_m sum_h W_cat,h, with W_q's gradient only round
 authors' (``attention="authors"``, the default); ``attention="standard"`` is the attention the code seems to mean:
 K = [v_m] W_k, head h of query m outputs sum_k softmax_k(Q_m . K_k / sqrt(d / H)) v_k, then W_cat.
 
-Losses of the model step (``losses(batch)``; the names as logged; BPR triples, negatives never a training item):
+Batches are MMSSL's (:class:`~mmrec_fast.data.UserSampler`, ``batch_kind = "users"``; ``load_data.py`` ``sample``):
+B = 1024 distinct users drawn uniformly, each with one uniform positive and one negative that is not a training
+item, n_train // B + 1 batches an epoch. Losses of the model step (``losses(batch)``; the names as logged):
 
     "bpr"      = mean_b -log sigmoid(s(u, p) - s(u, n))
     "reg"      = 1e-5 (|u|^2 + |p|^2 + |n|^2) / (2 B)               the batch rows of users / items
@@ -43,7 +45,7 @@ items set to 0) (``u_sim_calculation``, L283-298), computed by :func:`masked_sim
 the training matrix's CSR: no dense U x I or B x I copy of R (the authors copy ``R[users].todense()`` to the GPU
 six times a batch). The discriminator reads the rows only through its first layer, so on the native backend
 D's first layer is applied to the rows in their low-rank form (``masked_similarity(..., weight=W_1)``) and no
-(B, I) matrix of S_m exists, forward or backward.
+(B, I) matrix of S_m exists, forward or backward (the real rows below are dense: their Gumbel noise is).
 
 The discriminator (``Discriminator``, L224-245; Kaiming-normal weights, zero biases):
 D(x) = 100 sigmoid(W_3 drop_0.5(BN(W_2 drop_0.31(BN(W_1 x + b_1)) + b_2)) + b_3), W_1 (I/4, I), W_2 (I/8, I/4);
@@ -58,8 +60,11 @@ statistics, dropout). It has its own Adam (lr 3e-4, betas (0.5, 0.9)), stepped f
    the CSR's entries). The real rows repeat M times (``cat((u_ui, u_ui))`` for two modalities);
 2. the WGAN-GP loss -mean D(real) + mean D(fake) + gp_rate * 0.3 mean_b (|grad_x D(x_hat)_b| - 1)^2, x_hat =
    a real + (1 - a) fake, a ~ U(0, 1) per row (L140-161, L353-360), its backward (a double backward) and D's step.
-   The gradient at x_hat is computed as (dD / dh_1) W_1 with h_1 = W_1 x_hat + b_1 = a h_1(real) + (1 - a) h_1(fake)
-   (the same value: x enters D only through W_1), so x_hat itself is never formed;
+   The reference backend computes this as the authors (D on the dense rows, x_hat formed, grad_x D by autograd at
+   x_hat); the native one through D's first layer, with the same values: x enters D only through
+   h_1 = x W_1^T + b_1, so h_1(x_hat) = a h_1(real) + (1 - a) h_1(fake), grad_x D = (dD / dh_1) W_1, whose row norms
+   come from the Gram matrix W_1 W_1^T (:func:`product_row_norms`), and W_1 is applied to the real rows once
+   (not M times). x_hat and the (M B, I) gradient are never formed;
 3. the model step: the second forward pass, ``losses``, the update of the augmented graphs, backward and the
    model's AdamW step (lr 5.5e-4, PyTorch's default weight decay 0.01, L76-80; the LambdaLR scheduler is never
    stepped). The generator term's gradient does not reach D's parameters here (the authors' reaches them and is
@@ -103,14 +108,14 @@ authors' code:
 * modalities: any non-empty subset of image, text, audio, in that order (the authors': image and text; TikTok here
   has image and audio, which take their places); every per-modality piece above runs for each, the fake rows are
   [S_1; ..; S_M] and the real rows repeat M times (with one modality the attention's softmax is 1);
-* batches are the trainer's: shuffled training pairs with one negative each (the authors sample 1024 distinct users
-  a batch, uniformly, then a positive and a negative of each, n_train // 1024 + 1 batches an epoch), so a batch may
-  hold a user twice (a false negative of the contrastive loss, as in the other models);
 * the top-k of the augmentation excludes the training items (``topk_scores(exclude=...)``, ties to the lower index);
   the authors' top-k over S_m could pick one (a zero) only where fewer than k other items score above zero;
-* the random draws (dropout, Gumbel noise, interpolation weights) come from torch's CPU generator in this order:
-  the first forward's dropout, D's dropout on the fake rows, the noise, D's dropout on the real rows, the
-  interpolation weights, D's dropout at x_hat, the second forward's dropout, D's dropout in the generator term.
+* the random draws (dropout, Gumbel noise, interpolation weights, batches) come from torch's CPU generators, not
+  the authors' CUDA and Python ones; in a step: the first forward's dropout, D's dropout on the fake rows, the
+  noise, D's dropout on the real rows, the interpolation weights, D's dropout at x_hat, the second forward's
+  dropout, D's dropout in the generator term (the same on every backend);
+* the epoch's "loss" in run records is the sum of the logged terms, D's loss ("disc", dominated by the gradient
+  penalty: |grad_x D| is in the thousands with D's x100 output) included; the model's loss is the rest.
 """
 
 from __future__ import annotations
@@ -540,11 +545,14 @@ class MMSSL(Recommender):
         squares = sum(f.square().sum() for f in out["item_feats"]) + sum(f.square().sum() for f in out["user_feats"])
         terms["feat_reg"] = c.feat_reg_weight * squares / (2 * self.num_items)
         terms["cl"] = c.cl_rate * sum(self.contrastive(rows(view, users), u) for view in out["user_views"])
-        factorized = self.factorized()
-        fake = self.fake_rows(out, users, exclude, frozen=True, factorized=factorized)
-        D = self.discriminator
-        with section("discriminator"):
-            terms["gen"] = c.g_rate * -(D.rest(fake, frozen=True) if factorized else D(fake, frozen=True)).mean()
+        if c.g_rate > 0:
+            factorized = self.factorized()
+            fake = self.fake_rows(out, users, exclude, frozen=True, factorized=factorized)
+            D = self.discriminator
+            with section("discriminator"):
+                terms["gen"] = c.g_rate * -(D.rest(fake, frozen=True) if factorized else D(fake, frozen=True)).mean()
+        else:
+            terms["gen"] = out["users"].new_zeros(())
         return terms, top_items
 
     def _top_items(self, out: dict, users: torch.Tensor, exclude: Graph) -> list[torch.Tensor]:
@@ -585,15 +593,20 @@ class MMSSL(Recommender):
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """The discriminator's step, then the model's (module docstring); returns the model's terms and "disc",
-        D's loss (each checked finite before its optimizer steps)."""
-        d_terms = self.discriminator_loss(batch)
-        d_loss = sum(d_terms.values())
-        disc = finite_values({"disc": d_loss})
+        D's loss (each checked finite before its optimizer steps). With ``g_rate=0`` the discriminator cannot
+        change the model, and its step is skipped (no "disc"; the ablation of the adversarial part, at a fraction
+        of the cost)."""
+        disc = {}
+        if self.config.g_rate > 0:
+            d_terms = self.discriminator_loss(batch)
+            d_loss = sum(d_terms.values())
+            disc = finite_values({"disc": d_loss})
+            with section("optimizer"):
+                optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            with section("optimizer"):
+                optimizers["discriminator"].step()
         with section("optimizer"):
-            optimizers["discriminator"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        with section("optimizer"):
-            optimizers["discriminator"].step()
             optimizers["model"].zero_grad(set_to_none=True)
         terms, top_items = self._model_terms(batch)
         values = finite_values(terms)
