@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from mmrec_fast.cli import main
+from mmrec_fast.models import MODELS
 
 from test_data import write_mmrec
 
@@ -56,7 +57,7 @@ def test_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "mmgcn"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'mmgcn' (choose from lightgcn, slmrec)" in capsys.readouterr().err.replace("'", "").replace("mmgcn", "'mmgcn'")
+    assert f"invalid choice: 'mmgcn' (choose from {', '.join(sorted(MODELS))})" in capsys.readouterr().err.replace("'", "").replace("mmgcn", "'mmgcn'")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "absent.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--valid-metric", "recall@10", *FAST]) == 2
@@ -74,7 +75,7 @@ def test_console_script():
     script = shutil.which("mmrec-fast")
     command = [script] if script else [sys.executable, "-m", "mmrec_fast"]
     result = subprocess.run(command + ["train", "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "--model {lightgcn,slmrec}" in result.stdout
+    assert result.returncode == 0 and f"--model {{{','.join(sorted(MODELS))}}}" in result.stdout
 
 
 def test_set_and_its_errors(tmp_path, capsys):
@@ -101,7 +102,7 @@ def test_set_and_its_errors(tmp_path, capsys):
 def test_models_lists_every_model_with_its_hyperparameters(capsys):
     assert main(["models"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("lightgcn: LightGCN")
+    assert printed.startswith(f"{sorted(MODELS)[0]}: ") and "\nlightgcn: LightGCN" in printed
     assert "slmrec: SLMRec" in printed and "--set ssl_alpha" in printed and "0.1" in printed
     assert "training defaults: --optimizer adam, --lr 0.01, --weight-decay 0.0001" in printed
     assert "item features: image, audio, text" in printed

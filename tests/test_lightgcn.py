@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mmrec_fast.data import BPRSampler, synthetic
 from mmrec_fast.evaluate import evaluate
-from mmrec_fast.models import ConfigError, LightGCN, Popularity, build
+from mmrec_fast.models import MODELS, ConfigError, LightGCN, Popularity, build
 from mmrec_fast.train import TrainConfig, Trainer, seed_everything
 
 from conftest import kernel_backends
@@ -93,7 +93,7 @@ def test_bad_configuration():
         LightGCN(dataset, init="kaiming")
     with pytest.raises(ConfigError, match="has no hyperparameter 'layers'"):
         LightGCN(dataset, layers=2)
-    with pytest.raises(ValueError, match="unknown model 'ngcf'; available: lightgcn, slmrec"):
+    with pytest.raises(ValueError, match=f"unknown model 'ngcf'; available: {', '.join(sorted(MODELS))}"):
         build("ngcf", dataset)
 
 
