@@ -3,9 +3,10 @@
 * one LightGCN training epoch (batch 2048, d = 64, 3 layers, Adam; 58 batches): the same code with
   ``backend="native"`` and with ``backend="reference"`` (only the propagate backend differs);
 * full-ranking evaluation of all test users (top 50, training items excluded, Recall/NDCG/Precision/MAP at
-  5/10/20/50): ``mmrec_fast.evaluate`` (through ``topk_scores``) against MMRec's evaluator
-  (``mmrec_evaluator.py``: per 4096-user batch a matmul, ``-1e10`` mask, ``torch.topk(50)``, then MMRec's Python
-  hit loop and numpy metrics), both given the same embeddings; their metrics are checked to agree first.
+  5/10/20/50): ``mmrec_fast.evaluate`` (through ``topk_scores``) against the dense-batch evaluator that models
+  MMRec's approach (``dense_batch_evaluator.py``: per 4096-user batch a matmul, ``-1e10`` mask, ``torch.topk(50)``,
+  then a per-user Python hit loop and numpy metrics), both given the same embeddings; their metrics are checked to
+  agree first.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mmrec_fast.evaluate import evaluate
 from mmrec_fast.models import LightGCN
 
 from conftest import data_root
-from mmrec_evaluator import MMRecEvalData, mmrec_evaluate
+from dense_batch_evaluator import DenseBatchEvaluator
 
 _cache: dict = {}
 
@@ -73,18 +74,18 @@ def embeddings():
 def test_evaluators_agree():
     users, items = embeddings()
     ours = evaluate((users, items), baby(), "test")
-    theirs = mmrec_evaluate(users, items, MMRecEvalData(baby(), "test"))
+    theirs = DenseBatchEvaluator(baby(), "test")(users, items)
     assert ours.keys() == theirs.keys()
-    for name in ours:  # MMRec rounds to 4 decimals
+    for name in ours:  # the dense-batch evaluator rounds to 4 decimals, as MMRec
         assert abs(ours[name] - theirs[name]) <= 6e-5, (name, ours[name], theirs[name])
 
 
-@pytest.mark.parametrize("name", ["mmrec_fast evaluate (topk_scores)-baby", "MMRec evaluator-baby"])
+@pytest.mark.parametrize("name", ["mmrec_fast evaluate (topk_scores)-baby", "dense batch evaluator (MMRec's approach)-baby"])
 def test_evaluate_all_baby_users(benchmark, name):
     benchmark.group = "evaluate all Baby test users: top 50, train excluded, 4 metrics x 4 cut-offs"
     users, items = embeddings()
     if name.startswith("mmrec_fast"):
         benchmark.pedantic(lambda: evaluate((users, items), baby(), "test"), rounds=3, iterations=1, warmup_rounds=1)
     else:
-        data = MMRecEvalData(baby(), "test")
-        benchmark.pedantic(lambda: mmrec_evaluate(users, items, data), rounds=3, iterations=1, warmup_rounds=1)
+        evaluator = DenseBatchEvaluator(baby(), "test")
+        benchmark.pedantic(lambda: evaluator(users, items), rounds=3, iterations=1, warmup_rounds=1)
