@@ -36,6 +36,8 @@ def check_float_matrix(op_name: str, name: str, t, dims: str = "(n, d)") -> None
     """The argument check every op makes of its dense inputs: a 2-D torch.Tensor of one of FLOAT_DTYPES."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{op_name}: {name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dim() != 2:
         raise ValueError(f"{op_name}: {name} must be 2-D {dims}, got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:

@@ -286,6 +286,17 @@ class Graph:
             )  # fmt: skip
         return self._kernel_cache[acc]
 
+    # -- pickling: torch.save / torch.load(weights_only=True) ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        """The CSR arrays, the scalings, the shape and the symmetry flag (caches are rebuilt when needed)."""
+        return {"rowptr": self._rowptr, "col": self._col, "values": self._values, "left": self._left,
+                "right": self._right, "shape": self._shape, "symmetric": self._symmetric}  # fmt: skip
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuilds through ``__init__``, so a loaded graph passes every check a constructed one does."""
+        Graph.__init__(self, state["rowptr"], state["col"], state["values"], state["left"], state["right"],
+                       shape=tuple(state["shape"]), symmetric=state["symmetric"])  # fmt: skip
+
     def to(self, device: torch.device | str) -> Graph:
         """The same graph on ``device``."""
         device = torch.device(device)
@@ -532,3 +543,8 @@ class Graph:
         values = None if bool((data == 1).all()) else data.detach()
         return cls._from_coo(row.to(torch.int64), col.to(torch.int64), values, tuple(tensor.shape), norm=norm, eps=eps,
                              self_loops=self_loops, duplicates=duplicates if values is None else "sum")  # fmt: skip
+
+
+# torch.load(weights_only=True), torch's default since 2.6, unpickles only allow-listed classes: a Graph holds
+# tensors, ints and bools, and __setstate__ runs every constructor check, so it is safe to allow
+torch.serialization.add_safe_globals([Graph])

@@ -385,6 +385,28 @@ def test_spmm_rejects_dense_and_trainable_sparse():
         mmrec_fast.spmm(torch.sparse_coo_tensor([[0, 1], [1, 0]], values, (2, 2)), x)
 
 
+def test_spmm_edges_behave_as_torch_sparse_mm():
+    """sparse @ sparse: a clear error (torch's contiguity message before); a sparse tensor and a dense operand of
+    different dtypes: an error naming both, where torch.sparse.mm raises too (it used to run in x's dtype)."""
+    coo = torch.sparse_coo_tensor([[0, 1], [1, 0]], [1.0, 2.0], (2, 2))
+    with pytest.raises(TypeError, match="sparse @ sparse is not supported"):
+        mmrec_fast.spmm(coo, coo)
+    x64 = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        torch.sparse.mm(coo, x64)  # the behaviour mirrored
+    with pytest.raises(TypeError, match="adj is torch.float32 and x is torch.float64"):
+        mmrec_fast.spmm(coo, x64)
+    with pytest.raises(TypeError, match="adj is torch.float32 and x is torch.float64"):
+        mmrec_fast.spmm(coo.to_sparse_csr(), x64)
+    # a Graph has no dtype: it serves each
+    graph = Graph.from_torch(coo)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(2, 3, dtype=dtype)
+        assert torch.equal(mmrec_fast.spmm(graph, x, backend="reference"), torch.sparse.mm(coo.to(dtype), x))
+    with pytest.raises(TypeError, match="dense \\(strided\\) tensor"):
+        mmrec_fast.propagate(graph, coo, 1)
+
+
 @pytest.mark.skipif("cpu" not in mmrec_fast.available()["native"], reason="native not built")
 def test_native_operator_checks_its_arguments():
     """Direct callers of torch.ops.mmrec_fast.propagate get errors, not crashes."""

@@ -196,5 +196,15 @@ def spmm(adj: Union[Graph, torch.Tensor], x: torch.Tensor, *, backend: Optional[
 
     Returns:
         (m, d) tensor of x's dtype.
+
+    Raises:
+        TypeError: x is sparse (sparse @ sparse is not supported: use ``torch.sparse.mm``), or adj is a torch tensor
+            of another dtype than x (as ``torch.sparse.mm``; a :class:`Graph` has no dtype and serves every one).
     """
+    if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+        raise TypeError(f"spmm: x must be a dense (strided) tensor, got layout {x.layout}; sparse @ sparse is not "
+                        f"supported (torch.sparse.mm computes it)")  # fmt: skip
+    if isinstance(adj, torch.Tensor) and isinstance(x, torch.Tensor) and adj.dtype != x.dtype:
+        raise TypeError(f"spmm: adj is {adj.dtype} and x is {x.dtype}; as torch.sparse.mm, both must have one dtype "
+                        f"(convert one of them, or pass a mmrec_fast.Graph, which serves every dtype)")  # fmt: skip
     return propagate(_graph_of(adj), x, 1, "last", backend=backend)
