@@ -1,4 +1,4 @@
-"""The ``mmrec-fast`` command line.
+"""The mmrec-fast command line.
 
     mmrec-fast train --model NAME [--set NAME=VALUE ...] [--data DIR] [--epochs N] [--lr X] [--backend B] [--out DIR]
                                        train a model on a dataset directory (MMRec or MMSSL format) or, without
@@ -261,19 +261,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     train.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout (default {default('seed')})")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    train.add_argument("--out", metavar="DIR", help="write last.pt, best.pt and run.json here")
+    train.add_argument("--out", metavar="DIR", help="write last.pt, best.pt and run.json here (default: none are written)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
     evaluate.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt or last.pt of a training run")
-    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="split to rank (default: test)")
     evaluate.add_argument("--data", metavar="DIR", help="dataset directory (default: the one the checkpoint was trained on)")
-    evaluate.add_argument("--format", choices=("auto", "mmrec", "mmssl"), default="auto")
+    evaluate.add_argument("--format", choices=("auto", "mmrec", "mmssl"), default="auto", help="format of --data (default: auto)")
     evaluate.add_argument("--ks", type=_ks, default=None, help="cut-offs (default: those of the training run)")
-    evaluate.add_argument("--ndcg", choices=("mmrec", "ngcf"), default=None)
-    evaluate.add_argument("--eval-backend", choices=BACKENDS, default=None)
+    evaluate.add_argument("--ndcg", choices=("mmrec", "ngcf"), default=None, help="NDCG form, ngcf: MMSSL's (default: that of the training run)")
+    evaluate.add_argument("--eval-backend", choices=BACKENDS, default=None, help="backend of topk_scores (default: automatic)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     models = commands.add_parser("models", help="list the models with their hyperparameters and training defaults")

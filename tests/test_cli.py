@@ -124,3 +124,20 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         assert main(["evaluate", "--checkpoint", str(path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"mmrec-fast evaluate: error: {path}: not a readable mmrec_fast checkpoint") and "\n" not in err, err
+
+
+def test_help_is_plain_text_with_every_default(capsys):
+    """--help renders without reST markup, and every option of train says its default (or that the model's
+    training default applies)."""
+    for argv, least in ((["--help"], 0), (["train", "--help"], 15), (["evaluate", "--help"], 6)):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        printed = capsys.readouterr().out
+        assert "``" not in printed and ":func:" not in printed, printed
+        options = re.split(r"\n  (?=-)", printed.split("options:", 1)[1])[1:]
+        assert len(options) > least
+        for option in options:
+            if option.startswith(("-h", "--resume", "--no-progress", "--set", "--model", "--checkpoint")):
+                continue
+            assert "default" in " ".join(option.split()), (argv, option)

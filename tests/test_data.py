@@ -92,6 +92,17 @@ def test_load_mmssl_matches_mmrec(tmp_path):
     assert load(tmp_path / "toy").source["kind"] == "mmrec"
 
 
+def test_a_directory_in_both_formats_says_which_it_loaded(tmp_path):
+    both = write_mmssl(write_mmrec(tmp_path / "toy"), triples=[t for t in TRIPLES if t[0] != 0])  # not one dataset
+    auto = load(both)
+    assert auto.source["kind"] == "mmrec" and "loaded the MMRec ones" in auto.notes[0]
+    assert repr(auto).startswith("Dataset('toy' (mmrec format):")
+    chosen = load(both, format="mmssl")
+    assert chosen.source["kind"] == "mmssl" and not any("both" in note for note in chosen.notes)
+    assert pairs(chosen.train) != pairs(auto.train) and repr(chosen).startswith("Dataset('toy' (mmssl format):")
+    assert not any("both" in note for note in load(write_mmrec(tmp_path / "only")).notes)
+
+
 @pytest.mark.parametrize(
     "header, body, message",
     [

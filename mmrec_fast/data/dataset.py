@@ -161,10 +161,14 @@ class Dataset:
             "notes": list(self.notes),
         }
 
+    def _format_label(self) -> str:
+        kind = self.source.get("kind")
+        return f" ({kind} format)" if kind in ("mmrec", "mmssl") else ""
+
     def __repr__(self) -> str:
         feats = ", ".join(f"{m} {tuple(f.shape)}" for m, f in self.features.items()) or "none"
         return (
-            f"Dataset({self.name!r}: {self.num_users} users, {self.num_items} items, train {len(self.train)} / "
+            f"Dataset({self.name!r}{self._format_label()}: {self.num_users} users, {self.num_items} items, train {len(self.train)} / "
             f"valid {len(self.valid)} / test {len(self.test)}, features: {feats})"
         )
 

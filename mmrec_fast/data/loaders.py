@@ -52,18 +52,21 @@ def load(path, *, format: str = "auto", drop_cold_users: bool = True) -> Dataset
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     directory = _directory(path)
+    both = False
     if format == "auto":
-        if any(directory.glob("*.inter")):
-            format = "mmrec"
-        elif (directory / MMSSL_FILES["train"]).exists():
-            format = "mmssl"
-        else:
+        has_mmrec, has_mmssl = any(directory.glob("*.inter")), (directory / MMSSL_FILES["train"]).exists()
+        if not (has_mmrec or has_mmssl):
             raise DataError(
                 f"{directory}: no <name>.inter file (MMRec format) and no train.json / val.json / test.json "
                 "(MMSSL format)"
             )
+        format, both = ("mmrec" if has_mmrec else "mmssl"), has_mmrec and has_mmssl
     loader = load_mmrec if format == "mmrec" else load_mmssl
-    return loader(directory, drop_cold_users=drop_cold_users)
+    dataset = loader(directory, drop_cold_users=drop_cold_users)
+    if both:
+        dataset.notes.insert(0, "both MMRec (<name>.inter) and MMSSL (train/val/test.json) files are here: loaded "
+                                "the MMRec ones (--format / format= chooses)")  # fmt: skip
+    return dataset
 
 
 def load_mmrec(path, *, drop_cold_users: bool = True) -> Dataset:
