@@ -24,7 +24,8 @@ step "building the C++ extension mmrec_fast._C (a few minutes on 2 cores; each c
 # --no-build-isolation: build against the torch installed above, not a second one in an isolated environment;
 # -v shows ninja's [k/n] lines (printed here), the whole log goes to $VENV/build.log
 if ! python -m pip install -v --no-build-isolation -e "$ROOT" 2>&1 | tee "$VENV/build.log" \
-    | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|^Successfully installed'; then
+    | sed -nu -E 's|^ *(\[[0-9]+/[0-9]+\]) .* -c ([^ ]+\.(cpp\|cu)) .*|  \1 compiling \2|p; /^Successfully installed/p' \
+    | grep --line-buffered .; then
   echo "setup.sh: the build failed; the last lines of $VENV/build.log:" >&2
   tail -n 30 "$VENV/build.log" >&2
   exit 1
