@@ -15,7 +15,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-OURS_PREFIX = "mmrec_fast"
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the benchmarks run
 
@@ -108,37 +107,39 @@ def machine_description() -> str:
     return f"{machine('cuda' if torch.cuda.is_available() else 'cpu')}; torch {torch.__version__}"
 
 
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The JSON record (--benchmark-json) names the machine as the ratio table does (report.py reads it)."""
+    machine_info["mmrec_fast"] = machine_description()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from report import Case, case_label, speedups
+
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
-    groups: dict[str, list] = {}
+    groups: dict[str, list[Case]] = {}
     for bench in session.benchmarks:
-        groups.setdefault(bench.group or "", []).append(bench)
+        groups.setdefault(bench.group or "", []).append(Case(case_label(bench.name), bench.stats.median, dict(bench.extra_info)))
     write = terminalreporter.write_line
     write("")
     write(f"mmrec_fast ratios (median of baseline / median of mmrec_fast; > 1 means mmrec_fast is faster)")
     write(f"machine: {machine_description()}")
-    for group, benches in groups.items():
-        ours = [b for b in benches if b.name.split("[", 1)[-1].startswith(OURS_PREFIX)]
+    for group, cases in groups.items():
+        pairs = speedups(cases)
         write("")
         write(f"{group}")
-        for bench in sorted(benches, key=lambda b: b.stats.median):
-            label = bench.name.split("[", 1)[-1].rstrip("]")
-            line = f"  {label:<42} median {bench.stats.median * 1e3:10.2f} ms"
-            memory = bench.extra_info.get("peak_extra_nd")
+        for case in sorted(cases, key=lambda c: c.median):
+            line = f"  {case.label:<42} median {case.median * 1e3:10.2f} ms"
+            memory = case.extra.get("peak_extra_nd")
             if memory is not None:
                 line += f"   peak extra {memory:6.2f} x (n x d)"
-            memory_mb = bench.extra_info.get("peak_extra_mb")
+            memory_mb = case.extra.get("peak_extra_mb")
             if memory_mb is not None:
                 line += f"   peak extra {memory_mb:8.1f} MB"
-            rss = bench.extra_info.get("peak_rss_mb")
+            rss = case.extra.get("peak_rss_mb")
             if rss is not None:
                 line += f"   peak extra RSS {rss:8.1f} MB"
-            if bench not in ours:
-                ratios = ", ".join(
-                    f"{o.name.split('[', 1)[-1].rstrip(']').split('-')[0]}: {bench.stats.median / o.stats.median:6.2f}x"
-                    for o in ours
-                )
-                line += f"   speedup of {ratios}" if ratios else ""
+            ratios = ", ".join(f"{o.short}: {r:6.2f}x" for o, b, r in pairs if b is case)
+            line += f"   speedup of {ratios}" if ratios else ""
             write(line)

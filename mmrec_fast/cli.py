@@ -10,7 +10,9 @@
                                        full-ranking metrics of a saved model
     mmrec-fast info                    versions, what was built, which backend runs each op on each device
     mmrec-fast bench [OP ...|all]      run the microbenchmarks (benchmarks/bench_<op>.py) and print the table of
-                                       medians and speedups against the baselines run beside them
+                                       medians and speedups against the baselines run beside them (--json PATH
+                                       keeps the record)
+    mmrec-fast bench report PATH.json  a record as a Markdown page with charts of the speed-ups and peak memory
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ def cmd_bench(args) -> int:
     if not BENCHMARKS.is_dir():
         print(f"mmrec-fast bench: the benchmarks folder {BENCHMARKS} is missing (run from a source checkout)", file=sys.stderr)
         return 2
+    if args.ops[:1] == ["report"]:
+        if len(args.ops) != 2:
+            print("mmrec-fast bench report: error: give one pytest-benchmark JSON record (mmrec-fast bench OP --json PATH)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        sys.path.insert(0, str(BENCHMARKS))
+        from report import main as report_main
+
+        return report_main([args.ops[1]] + (["--out", args.out] if args.out else []))
     known = available_benchmarks()
     ops = known if args.ops in ([], ["all"]) else args.ops
     unknown = [op for op in ops if op not in known]
@@ -281,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, build and backends")
     info.set_defaults(run=cmd_info)
     bench = commands.add_parser("bench", help="run microbenchmarks and print ratios against baselines")
-    bench.add_argument("ops", nargs="*", metavar="OP", help=f"which benchmarks ({', '.join(available_benchmarks())}, or all)")
+    bench.add_argument("ops", nargs="*", metavar="OP", help=f"which benchmarks ({', '.join(available_benchmarks())}, or all; "
+                                                          "default: all); or: report RUN.json, the Markdown page with charts of a "
+                                                          "--json record")  # fmt: skip
+    bench.add_argument("--out", metavar="DIR", help="bench report: folder of the page and charts (default: the record's)")
     bench.add_argument("--json", metavar="PATH", help="also write pytest-benchmark's JSON record to PATH")
     bench.add_argument("-k", dest="keyword", metavar="EXPR", help="only the cases matching this pytest -k expression")
     bench.set_defaults(run=cmd_bench)
