@@ -97,8 +97,8 @@ def _model_config(cls, assignments: list[str]):
 
 
 #: TrainConfig fields the train command sets from flags of the same name (None: the model's default or TrainConfig's)
-TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "negatives", "valid_metric", "patience",
-               "eval_every", "ks", "ndcg", "eval_batch_size", "eval_backend", "seed")  # fmt: skip
+TRAIN_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "fused_optimizer", "negatives", "valid_metric",
+               "patience", "eval_every", "ks", "ndcg", "eval_batch_size", "eval_backend", "seed")  # fmt: skip
 
 
 def cmd_train(args) -> int:
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help=f"learning rate (default {default('lr')})")
     train.add_argument("--weight-decay", type=float, help=f"the optimizer's weight decay (default {default('weight_decay')})")
     train.add_argument("--optimizer", choices=("adam", "adamw"), help=f"optimizer (default {default('optimizer')})")
+    train.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch's fused Adam / AdamW, the same update in one pass per tensor (default: off; FREEDOM's "
+                       "and MMSSL's training defaults: on)")  # fmt: skip
     train.add_argument("--negatives", choices=("all", "train_items"),
                        help="BPR negatives drawn from all items, or from the items seen in training as MMRec "
                        f"(default {default('negatives')})")  # fmt: skip

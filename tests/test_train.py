@@ -196,6 +196,24 @@ def test_the_model_training_defaults_apply_unless_overridden():
         TrainConfig.for_model(Picky, learning_rate=1.0)
 
 
+def test_fused_optimizer_is_a_training_option(dataset):
+    """fused_optimizer builds torch's fused Adam / AdamW (every optimizer of a model), the same update up to
+    rounding; off, the for-each form as before (bitwise the published runs)."""
+    from mmrec_fast.models import FREEDOM, MMSSL
+
+    def train_once(fused):
+        seed_everything(0)
+        trainer = Trainer(LightGCN(dataset, dim=16), dataset, quiet(epochs=1, fused_optimizer=fused))
+        assert all(o.defaults.get("fused") is (True if fused else None) for o in trainer.optimizers.values())
+        trainer.fit()
+        return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+    plain, fused = train_once(False), train_once(True)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    assert FREEDOM.train_defaults()["fused_optimizer"] and MMSSL.train_defaults()["fused_optimizer"]
+    assert not TrainConfig().fused_optimizer
+
+
 def test_a_nan_loss_stops_training_before_any_update(dataset):
     class Diverging(DropoutMF):
         def losses(self, batch):

@@ -282,13 +282,12 @@ class Recommender(torch.nn.Module):
 
     def optimizers(self, train_config) -> dict[str, torch.optim.Optimizer]:
         """name -> optimizer; by default one, ``train_config.optimizer`` over every trainable parameter."""
-        from ..train import OPTIMIZERS
+        from ..train import make_optimizer
 
         parameters = [p for p in self.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError(f"{type(self).__name__} has no trainable parameters")
-        optimizer = OPTIMIZERS[train_config.optimizer]
-        return {"model": optimizer(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)}
+        return {"model": make_optimizer(parameters, train_config)}
 
     def training_step(self, batch: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns each loss term's value. The default: zero every optimizer's
