@@ -4,7 +4,8 @@ It models the approach of MMRec's evaluator (enoche/MMRec) as its documentation 
 written here from that description: no code of MMRec's is in it. The users of a split are ranked in batches; each
 batch gets a dense (batch, I) score matrix, its users' training items are set to -1e10, and ``torch.topk`` takes the
 top max(ks); then a Python loop goes over every user and tests each retrieved item against the user's held-out
-set, and numpy turns the (users, max(ks)) hit matrix into the metrics, averaged over users and rounded to 4
+items, kept as a numpy array as MMRec keeps them (so each test is a scan of that array, which is what makes MMRec's
+loop slow: a Python set here would time a faster evaluator than the one modelled), and numpy turns the (users, max(ks)) hit matrix into the metrics, averaged over users and rounded to 4
 decimals (as MMRec reports them). The metric definitions are MMRec's (the ones ``mmrec_fast.evaluate`` follows):
 
     recall@k    = hits@k / n                                 n = the user's held-out items
@@ -37,9 +38,10 @@ class DenseBatchEvaluator:
         order = heldout.users.numpy()
         _, first = np.unique(order, return_index=True)
         self.users = torch.from_numpy(order[np.sort(first)].copy())  # (N,)
-        self.heldout: dict[int, set[int]] = {}
+        collected: dict[int, list[int]] = {}
         for user, item in zip(heldout.users.tolist(), heldout.items.tolist()):
-            self.heldout.setdefault(user, set()).add(item)
+            collected.setdefault(user, []).append(item)
+        self.heldout = {user: np.asarray(items) for user, items in collected.items()}  # user -> (n,) held-out items
         seen: dict[int, list[int]] = {}
         for user, item in zip(dataset.train.users.tolist(), dataset.train.items.tolist()):
             seen.setdefault(user, []).append(item)
@@ -59,11 +61,11 @@ class DenseBatchEvaluator:
             scores = user_embeddings[users] @ item_embeddings.T  # (batch, I)
             scores[mask_rows, mask_items] = -1e10
             ranked.append(torch.topk(scores, depth, dim=1).indices)
-        ranked_lists = torch.cat(ranked).tolist()
+        ranked_lists = torch.cat(ranked).cpu().numpy()
         hits = np.zeros((len(ranked_lists), depth))  # (N, depth)
         for n, (user, items) in enumerate(zip(self.users.tolist(), ranked_lists)):
             relevant = self.heldout[user]
-            hits[n] = [item in relevant for item in items]
+            hits[n] = [item in relevant for item in items]  # numpy's `in`: a scan of the user's array per item
         return _metrics(hits, np.array([len(self.heldout[u]) for u in self.users.tolist()]), ks)
 
 
