@@ -54,13 +54,13 @@ def speedups(cases: list[Case]) -> list[tuple[Case, Case, float]]:
 
 
 def load_record(path: Path) -> tuple[dict[str, list[Case]], dict]:
-    """{group: [Case]}, machine_info of a pytest-benchmark JSON file."""
+    """{group: [Case]}, machine_info (with the record's datetime) of a pytest-benchmark JSON file."""
     record = json.loads(Path(path).read_text())
     groups: dict[str, list[Case]] = {}
     for bench in record.get("benchmarks", []):
         groups.setdefault(bench.get("group") or "", []).append(
             Case(case_label(bench["name"]), bench["stats"]["median"], bench.get("extra_info") or {}))
-    return groups, record.get("machine_info", {})
+    return groups, {**record.get("machine_info", {}), "datetime": record.get("datetime", "")}
 
 
 def machine_line(machine_info: dict) -> str:
@@ -120,7 +120,7 @@ def _charts(groups: dict[str, list[Case]], out: Path, stem: str) -> list[str] | 
     rows = [(f"{group}\n{o.short} vs {b.short}", r) for group, cases in groups.items() for o, b, r in speedups(cases)]
     names = []
     if rows:
-        fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+        fig, ax = plt.subplots(figsize=(13, 0.45 * len(rows) + 1.2))
         labels, values = zip(*rows)
         colours = ["tab:green" if v >= 1 else "tab:red" for v in values]
         ax.barh(range(len(rows)), values, color=colours)
@@ -139,7 +139,7 @@ def _charts(groups: dict[str, list[Case]], out: Path, stem: str) -> list[str] | 
     memory = [(f"{group}\n{c.label}", c.extra["peak_extra_mb"]) for group, cases in groups.items() for c in cases
               if "peak_extra_mb" in c.extra]  # fmt: skip
     if memory:
-        fig, ax = plt.subplots(figsize=(9, 0.35 * len(memory) + 1.2))
+        fig, ax = plt.subplots(figsize=(13, 0.35 * len(memory) + 1.2))
         labels, values = zip(*memory)
         ax.barh(range(len(memory)), [max(v, 1e-3) for v in values], color="tab:blue")
         ax.set_yticks(range(len(memory)), labels, fontsize=6)
