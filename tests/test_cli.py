@@ -65,8 +65,14 @@ def test_errors(tmp_path, capsys):
 
 
 def test_info_and_bench_still_work(capsys):
+    import mmrec_fast
+
     assert main(["info"]) == 0
-    assert json.loads(capsys.readouterr().out)["mmrec_fast"]
+    printed = json.loads(capsys.readouterr().out)
+    expected = json.loads(json.dumps(mmrec_fast.info(), default=str))
+    assert printed["mmrec_fast"] == mmrec_fast.__version__
+    for key in ("torch", "backends", "default_backend", "native"):
+        assert printed[key] == expected[key], key
     assert main(["bench", "no_such_op"]) == 2
     assert "unknown benchmark 'no_such_op'" in capsys.readouterr().err
 
