@@ -2,7 +2,7 @@
 left out or not, ``knn`` (one kernel serves both ops; ops/knn.py calls :func:`topk_scores` with queries = keys).
 
 Each program owns BLOCK_M query rows and walks the keys BLOCK_N at a time (tile-and-select, the same mechanism as
-the CPU kernels in csrc/cpu/tile_topk.h):
+the CPU kernels in csrc/common/tile_topk.h):
 
 1. scores of the tile with ``tl.dot`` over BLOCK_D slices, fp32 accumulation, on a GPU as 3xTF32 products (tensor
    cores at fp32-level accuracy, not plain TF32: selection needs fp32 scores), in the interpreter exact products;

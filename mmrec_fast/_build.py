@@ -65,15 +65,15 @@ def get_build_parameters() -> dict:
     Returns a dict with keys ``sources`` (absolute paths), ``extra_cflags``, ``extra_cuda_cflags``,
     ``extra_ldflags``, ``with_cuda`` (bool) and ``cuda_reason`` (why CUDA is or is not built).
     The C++ sources are ``csrc/mmrec_fast.cpp`` (schemas) and ``csrc/cpu/*.cpp``; the CUDA bindings
-    ``csrc/cuda/*.cu`` are added only when :func:`cuda_build_possible` says so. ``csrc/cuda/nvcc_check.cu``
-    is the torch-free compile check run by the tests, not part of the extension.
+    ``csrc/cuda/*.cu`` are added only when :func:`cuda_build_possible` says so; headers shared by several ops
+    are in ``csrc/common/``. (The torch-free nvcc compile check is a test fixture: ``tests/fixtures/nvcc_check.cu``.)
     """
     with_cuda, cuda_reason = cuda_build_possible()
     sources = [CSRC / "mmrec_fast.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
     cflags = ["-O3", "-std=c++20", "-fopenmp", *cpu_isa_flags()]
     cuda_cflags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     if with_cuda:
-        sources += [p for p in sorted((CSRC / "cuda").glob("*.cu")) if p.name != "nvcc_check.cu"]
+        sources += sorted((CSRC / "cuda").glob("*.cu"))
         cflags.append("-DMMREC_FAST_WITH_CUDA")
         cuda_cflags.append("-DMMREC_FAST_WITH_CUDA")
     return {

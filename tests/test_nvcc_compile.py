@@ -1,6 +1,6 @@
 """Compile checks of the CUDA sources with nvcc, for machines (like CI) that have nvcc but no CUDA build of torch.
 
-* csrc/cuda/nvcc_check.cu: the device code of every kernel, instantiated for every dtype, with plain nvcc.
+* tests/fixtures/nvcc_check.cu: the device code of every kernel, instantiated for every dtype, with plain nvcc.
 * csrc/cuda/*.cu: the torch bindings, against torch's headers. A CPU build of torch ships the CUDA headers but not
   the header CMake generates for CUDA builds (c10/cuda/impl/cuda_cmake_macros.h); the test writes that one-line
   header into a temporary folder.
@@ -42,10 +42,10 @@ def run(command: list[str]) -> None:
 
 def test_device_code_compiles_with_plain_nvcc(tmp_path):
     run([nvcc(), "-std=c++17", "-O3", *ARCH_FLAGS, "-Xcompiler", "-Wall", "-Werror", "all-warnings",
-         "-c", str(CUDA_DIR / "nvcc_check.cu"), "-o", str(tmp_path / "nvcc_check.o")])  # fmt: skip
+         "-c", str(REPO / "tests" / "fixtures" / "nvcc_check.cu"), "-o", str(tmp_path / "nvcc_check.o")])  # fmt: skip
 
 
-@pytest.mark.parametrize("source", sorted(p.name for p in CUDA_DIR.glob("*.cu") if p.name != "nvcc_check.cu"))
+@pytest.mark.parametrize("source", sorted(p.name for p in CUDA_DIR.glob("*.cu")))
 def test_torch_binding_compiles(tmp_path, source):
     compiler = nvcc()
     from torch.utils import cpp_extension

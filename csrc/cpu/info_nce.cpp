@@ -56,7 +56,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "tile_gemm.h"
+#include "../common/tile_gemm.h"
 
 #include <algorithm>
 #include <atomic>

@@ -30,7 +30,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../propagate_chain.h"
+#include "../common/propagate_chain.h"
 
 #include <algorithm>
 #include <mutex>

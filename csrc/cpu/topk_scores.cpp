@@ -18,7 +18,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "tile_topk.h"
+#include "../common/tile_topk.h"
 
 #include <limits>
 #include <optional>

@@ -1,5 +1,5 @@
 // torch binding of the CUDA propagation kernels (csrc/cuda/propagate.cuh): argument checks and the Horner chain
-// come from csrc/propagate_chain.h, the edge segments (built once per call, no host sync) and the step from the
+// come from csrc/common/propagate_chain.h, the edge segments (built once per call, no host sync) and the step from the
 // kernels. Registered for the CUDA dispatch key.
 #include <ATen/ATen.h>
 #include <algorithm>
@@ -8,7 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../propagate_chain.h"
+#include "../common/propagate_chain.h"
 #include "propagate.cuh"
 
 namespace mmrec_fast {

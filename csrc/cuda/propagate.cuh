@@ -1,9 +1,9 @@
 // CUDA kernels of one propagation step (device code and launchers; plain CUDA, no torch headers, so that it
-// compiles with nvcc alone: csrc/cuda/nvcc_check.cu).
+// compiles with nvcc alone: tests/fixtures/nvcc_check.cu).
 //
 //   dst_i = row_scale_i * sum_e (W_ie * src_scale_{col_e}) src_{col_e} + x_coef * x_scale_i * x_i
 //
-// csrc/propagate_chain.h chains these steps into the fused multi-layer propagation (Horner form, two buffers).
+// csrc/common/propagate_chain.h chains these steps into the fused multi-layer propagation (Horner form, two buffers).
 //
 // Work split: edge segments of at most kSegmentEdges edges of one row, one warp per segment (the CSR row split
 // of pytorch_sparse / pyg-lib, with long rows cut into pieces as in merge-based SpMM, Merrill & Garland SC'16, so a

@@ -3,7 +3,7 @@
 Backends of ``knn``:
 
 * reference (mmrec_fast/reference/knn.py): normalise, the full N x N cosine matrix, stable sort.
-* native (CPU, csrc/cpu/knn.cpp on the tile-and-select machinery of csrc/cpu/tile_topk.h shared with
+* native (CPU, csrc/cpu/knn.cpp on the tile-and-select machinery of csrc/common/tile_topk.h shared with
   topk_scores): symmetric blocked GEMM (only the block pairs I <= J; each score feeds the top-k of both its row
   and its column) with per-row sorted running top-k, lock-free round-robin schedule over the block pairs.
 * triton (kernels/topk_scores.py, the kernel of topk_scores with queries = keys and the diagonal optionally left

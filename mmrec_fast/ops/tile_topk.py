@@ -1,6 +1,6 @@
 """What topk_scores and knn share: the native kernels' score-tile budget and the Triton operator.
 
-Both ops run on one tile-and-select mechanism: csrc/cpu/tile_topk.h on the CPU (knn.cpp and topk_scores.cpp are
+Both ops run on one tile-and-select mechanism: csrc/common/tile_topk.h on the CPU (knn.cpp and topk_scores.cpp are
 its two schedules) and the one Triton kernel of kernels/topk_scores.py, registered here as
 ``mmrec_fast::topk_scores_triton`` (knn calls it with queries = keys and the diagonal optionally left out).
 """

@@ -3,7 +3,7 @@
 Dispatch and argument checks. Backends:
 
 * reference (mmrec_fast/reference/topk_scores.py): the materialised Q x K specification.
-* native (CPU, csrc/cpu/topk_scores.cpp on the tile-and-select machinery of csrc/cpu/tile_topk.h): GEMM tiles,
+* native (CPU, csrc/cpu/topk_scores.cpp on the tile-and-select machinery of csrc/common/tile_topk.h): GEMM tiles,
   excluded pairs masked in the tile, per-row sorted running top-k; one score tile per thread, never Q x K.
 * triton (kernels/topk_scores.py; the same kernel serves knn): tl.dot tiles, exclusion mask, running top-k in
   registers. This is the backend that serves CUDA tensors (there is no native CUDA kernel for this op).
