@@ -120,6 +120,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     cases = [(["--device", "bogus"], "--device 'bogus' is not a device (cpu, cuda, cuda:1, ...)")]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "--device cuda: "))
+
     for extra, message in cases:
         assert main(["train", "--model", "lightgcn", "--synthetic", "small", *FAST, *extra]) == 2
         err = capsys.readouterr().err.strip()
@@ -147,3 +148,17 @@ def test_help_is_plain_text_with_every_default(capsys):
             if option.startswith(("-h", "--resume", "--no-progress", "--set", "--model", "--checkpoint")):
                 continue
             assert "default" in " ".join(option.split()), (argv, option)
+
+
+def test_a_backend_that_cannot_run_here_is_one_line(capsys, monkeypatch):
+    """--backend triton on a CPU outside the Triton interpreter (the tests run inside it, so it is switched off)."""
+    import torch
+
+    from mmrec_fast import kernels
+
+    if torch.cuda.is_available():
+        pytest.skip("Triton runs on this machine's GPU")
+    monkeypatch.setattr(kernels, "INTERPRETED", False)
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", *FAST, "--backend", "triton"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mmrec-fast train: error: propagate: backend 'triton' cannot run here") and "\n" not in err, err
