@@ -17,12 +17,12 @@ import sys
 import torch
 
 
-def measure(model, dataset, batches: int | None = None, seed: int = 0) -> dict:
-    from mmrec_fast import info_nce
+def measure(model, dataset, batch_size: int, batches: int | None = None, seed: int = 0) -> dict:
     from mmrec_fast.data import UserSampler
     from mmrec_fast.models.base import rows
+    from mmrec_fast.models.mmssl import log_eps_shift
 
-    sampler = UserSampler(dataset.train, dataset.num_users, dataset.num_items, 1024, seed=seed)
+    sampler = UserSampler(dataset.train, dataset.num_users, dataset.num_items, batch_size, seed=seed)
     model.train()
     found = {m: [] for m in model.modalities}
     with torch.no_grad():
@@ -33,13 +33,12 @@ def measure(model, dataset, batches: int | None = None, seed: int = 0) -> dict:
             users = batch[0]
             final = rows(out["users"], users)
             for modality, view in zip(model.modalities, out["user_views"]):
-                found[modality].append(info_nce(rows(view, users), final, model.config.temperature,
-                                                intra_view_negatives=True, reduction="none").double())  # fmt: skip
+                found[modality].append(model.contrastive_rows(rows(view, users), final).double())
     eps = model.config.log_eps if model.config.log_eps > 0 else 1e-8
     result = {}
     for modality, parts in found.items():
         losses = torch.cat(parts)
-        shift = torch.log1p(eps * torch.exp(losses))
+        shift = log_eps_shift(losses, eps)
         result[modality] = {"rows": losses.numel(), "mean_row_loss": losses.mean().item(), "mean_shift": shift.mean().item(),
                             "max_shift": shift.max().item(), "min_gradient_factor": (1 / (1 + eps * torch.exp(losses))).min().item()}  # fmt: skip
     result["cl_term_change"] = model.config.cl_rate * sum(r["mean_shift"] for r in result.values())
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     state = load_checkpoint(args.checkpoint)
     dataset = data.from_source(state["dataset_source"])
     model, _ = model_from_checkpoint(args.checkpoint, dataset, state=state)
-    result = measure(model, dataset, args.batches)
+    result = measure(model, dataset, state["config"]["batch_size"], args.batches)  # the run's batches
     for name, value in result.items():
         print(name, value)
     return 0

@@ -200,6 +200,12 @@ class Discriminator(torch.nn.Module):
         return self.rest(self.first(x, frozen), frozen)
 
 
+def log_eps_shift(row_losses: torch.Tensor, eps: float) -> torch.Tensor:
+    """What the authors' -log(p + eps) takes off a row loss l = -log p: log1p(eps e^l) (so their loss is l minus
+    this), elementwise."""
+    return torch.log1p(eps * torch.exp(row_losses))
+
+
 class _ProductRowNorms(torch.autograd.Function):
     """|a_i b| (n,) for a (n, H), b (H, K), through the Gram matrix b b^T (H, H) instead of the (n, K) product:
     2 H^2 K + 2 n H^2 operations forward and backward instead of 3 n H K (the gradient penalty's |grad_x D| with
@@ -569,9 +575,14 @@ class MMSSL(Recommender):
         c = self.config
         if c.log_eps == 0:
             return info_nce(views, final, c.temperature, intra_view_negatives=True, backend=self.backend)
-        row_losses = info_nce(views, final, c.temperature, intra_view_negatives=True, reduction="none",
-                              backend=self.backend)  # fmt: skip
-        return (row_losses - torch.log1p(c.log_eps * torch.exp(row_losses))).mean()
+        row_losses = self.contrastive_rows(views, final)
+        return (row_losses - log_eps_shift(row_losses, c.log_eps)).mean()
+
+    def contrastive_rows(self, views: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        """(B,) the exact row losses l_b = -log p_b of the GRACE loss with intra-view negatives, anchors ``views``
+        (B, d) against ``final`` (B, d)."""
+        return info_nce(views, final, self.config.temperature, intra_view_negatives=True, reduction="none",
+                        backend=self.backend)  # fmt: skip
 
     # -- the interface --------------------------------------------------------------------------------------------
     def losses(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
