@@ -113,7 +113,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    from report import Case, case_label, speedups
+    from report import Case, case_label, memory_text, speedups
 
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
@@ -131,15 +131,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         write(f"{group}")
         for case in sorted(cases, key=lambda c: c.median):
             line = f"  {case.label:<42} median {case.median * 1e3:10.2f} ms"
-            memory = case.extra.get("peak_extra_nd")
-            if memory is not None:
-                line += f"   peak extra {memory:6.2f} x (n x d)"
-            memory_mb = case.extra.get("peak_extra_mb")
-            if memory_mb is not None:
-                line += f"   peak extra {memory_mb:8.1f} MB"
-            rss = case.extra.get("peak_rss_mb")
-            if rss is not None:
-                line += f"   peak extra RSS {rss:8.1f} MB"
+            memory = memory_text(case)
+            line += f"   peak extra {memory}" if memory else ""
             ratios = ", ".join(f"{o.short}: {r:6.2f}x" for o, b, r in pairs if b is case)
             line += f"   speedup of {ratios}" if ratios else ""
             write(line)

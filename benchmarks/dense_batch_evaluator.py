@@ -38,13 +38,8 @@ class DenseBatchEvaluator:
         order = heldout.users.numpy()
         _, first = np.unique(order, return_index=True)
         self.users = torch.from_numpy(order[np.sort(first)].copy())  # (N,)
-        collected: dict[int, list[int]] = {}
-        for user, item in zip(heldout.users.tolist(), heldout.items.tolist()):
-            collected.setdefault(user, []).append(item)
-        self.heldout = {user: np.asarray(items) for user, items in collected.items()}  # user -> (n,) held-out items
-        seen: dict[int, list[int]] = {}
-        for user, item in zip(dataset.train.users.tolist(), dataset.train.items.tolist()):
-            seen.setdefault(user, []).append(item)
+        self.heldout = {user: np.asarray(items) for user, items in _items_by_user(heldout).items()}  # (n,) each
+        seen = _items_by_user(dataset.train)
         self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (users, mask rows, mask items)
         for start in range(0, len(self.users), batch_size):
             users = self.users[start : start + batch_size]
@@ -67,6 +62,14 @@ class DenseBatchEvaluator:
             relevant = self.heldout[user]
             hits[n] = [item in relevant for item in items]  # numpy's `in`: a scan of the user's array per item
         return _metrics(hits, np.array([len(self.heldout[u]) for u in self.users.tolist()]), ks)
+
+
+def _items_by_user(interactions) -> dict[int, list[int]]:
+    """user -> its items, in file order."""
+    grouped: dict[int, list[int]] = {}
+    for user, item in zip(interactions.users.tolist(), interactions.items.tolist()):
+        grouped.setdefault(user, []).append(item)
+    return grouped
 
 
 def _metrics(hits: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

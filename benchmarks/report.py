@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OURS_PREFIX = "mmrec_fast"
-#: extra_info keys of peak memory, with how to print them
-MEMORY_KEYS = {"peak_extra_mb": "MB", "peak_rss_mb": "MB (RSS)", "peak_extra_nd": "x (n x d)"}
+#: extra_info keys of peak memory, with how to print them (here and in the ratio table at the end of a run)
+MEMORY_FORMATS = {"peak_extra_nd": "{:.2f} x (n x d)", "peak_extra_mb": "{:.1f} MB", "peak_rss_mb": "RSS {:.1f} MB"}
 
 
 @dataclass
@@ -71,8 +71,9 @@ def machine_line(machine_info: dict) -> str:
     return f"{cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} cores; node {machine_info.get('node', '?')}"
 
 
-def _memory(case: Case) -> str:
-    return ", ".join(f"{case.extra[key]:.1f} {unit}" for key, unit in MEMORY_KEYS.items() if key in case.extra)
+def memory_text(case: Case) -> str:
+    """The case's recorded peak memories, e.g. "12.5 MB" ("" when it recorded none)."""
+    return ", ".join(form.format(case.extra[key]) for key, form in MEMORY_FORMATS.items() if key in case.extra)
 
 
 def write_report(json_path: Path, out: Path | None = None) -> Path:
@@ -97,7 +98,7 @@ def write_report(json_path: Path, out: Path | None = None) -> Path:
         pairs = speedups(cases)
         for case in sorted(cases, key=lambda c: c.median):
             ratio = "; ".join(f"{o.short}: {r:.2f}x" for o, b, r in pairs if b is case)
-            lines.append(f"| {case.label} | {_seconds(case.median)} | {_memory(case) or '—'} | {ratio or '—'} |")
+            lines.append(f"| {case.label} | {_seconds(case.median)} | {memory_text(case) or '—'} | {ratio or '—'} |")
         lines.append("")
     page = out / f"{stem}-report.md"
     page.write_text("\n".join(lines))
