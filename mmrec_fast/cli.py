@@ -85,15 +85,85 @@ def _metric_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def _model_config(cls, assignments: list[str]):
-    """The model's Config with the ``--set name=value`` assignments parsed into it."""
+def _assignments(texts: list[str]) -> dict[str, str]:
+    """``--set name=value`` texts -> {name: value text}."""
     parsed = {}
-    for assignment in assignments:
+    for assignment in texts:
         name, equals, value = assignment.partition("=")
         if not equals or not name.strip():
             raise ValueError(f"--set takes name=value, got {assignment!r}")
         parsed[name.strip()] = value
-    return cls.Config().parse(parsed)
+    return parsed
+
+
+def _model_config(cls, assignments: list[str]):
+    """The model's Config with the ``--set name=value`` assignments parsed into it."""
+    return cls.Config().parse(_assignments(assignments))
+
+
+def _run_spec(args, cls):
+    """The :class:`~mmrec_fast.search.RunSpec` of a train --seeds or search command's arguments."""
+    from .search import RunSpec
+
+    _model_config(cls, args.set)  # a bad --set fails here, before any training
+    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None and name != "seed"}
+    device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
+    _check_eval_backend(overrides.get("eval_backend"), device)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dataset = _dataset(args)
+    print(dataset, flush=True)
+    for note in dataset.notes:
+        print(f"note: {note}", flush=True)
+    return RunSpec(cls, dataset, _assignments(args.set), overrides, backend=args.backend, device=device,
+                   verbose=getattr(args, "verbose", True), progress=not args.no_progress)  # fmt: skip
+
+
+def cmd_train_seeds(args, cls) -> int:
+    from .search import summary_text, train_seeds
+    from .train import TrainConfig
+
+    if args.resume:
+        raise ValueError("--seeds does not take --resume: run the same command with the same --out again and each "
+                         "seed's run continues from its last.pt")  # fmt: skip
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    spec = _run_spec(args, cls)
+    first = args.seed if args.seed is not None else TrainConfig.for_model(cls).seed
+    seeds = list(range(first, first + args.seeds))
+    print(f"training {cls.name} with seeds {', '.join(map(str, seeds))}" + (f" in {args.out}/seed_<s>/" if args.out else ""), flush=True)
+    result = train_seeds(spec, seeds, args.out)
+    print(f"\ntest metrics over {len(seeds)} seeds: mean ± sample sd [min, max]")
+    print(summary_text(result["test"]))
+    if args.out:
+        print(f"summary: {Path(args.out) / 'seeds.json'}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from . import models
+    from .search import parse_grid, search
+
+    cls = models.model_class(args.model)
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise ValueError("search runs on optuna, an optional dependency: pip install optuna (or pip install -e .[search])")
+    if not args.out:
+        raise ValueError("--out DIR is required: the search keeps its study, trials and report there")
+    grid = parse_grid(cls, args.grid) if args.grid else None
+    if grid is None and not cls.search_space:
+        raise ValueError(f"{cls.name} has no authors' grid; give --grid name=value,value,...")
+    spec = _run_spec(args, cls)
+    summary = search(spec, args.out, grid=grid, sampler=args.sampler, trials=args.trials, seeds=args.seeds, seed=args.seed)
+    print(f"\n{cls.name}: chosen {', '.join(f'{k}={v}' for k, v in summary['chosen']['setting'].items())}; "
+          f"test metrics over seeds {', '.join(map(str, summary['seeds']))} (mean ± sample sd [min, max]):")
+    from .search import summary_text
+
+    print(summary_text(summary["test"]))
+    return 0
 
 
 #: TrainConfig fields the train command sets from flags of the same name (None: the model's default or TrainConfig's)
@@ -106,6 +176,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer, seed_everything
 
     cls = models.model_class(args.model)
+    if args.seeds is not None:
+        return cmd_train_seeds(args, cls)
     model_config = _model_config(cls, args.set)
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
@@ -209,6 +281,9 @@ def cmd_models(args) -> int:
         defaults = cls.train_defaults()
         if defaults:
             print("  training defaults: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in defaults.items()))
+        if cls.search_space:
+            print("  authors' grid (mmrec-fast search): " + " ".join(f"--grid {k}={','.join(v)}" for k, v in cls.search_space.items())
+                  + f"  [{cls.search_space_source}]")  # fmt: skip
         print()
     return 0
 
@@ -234,51 +309,77 @@ def _add_data_arguments(parser) -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset (default: 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmrec-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_run_arguments(parser, out_help: str) -> None:
+    """The options of a training run (train and search share them)."""
     from .backends import BACKENDS
     from .models import MODELS
-
     from .train import TrainConfig
 
     def default(name: str) -> str:
         value = TrainConfig.__dataclass_fields__[name].default
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
+    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="the model to train")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a model hyperparameter (repeatable), e.g. --set ssl_alpha=0.05; mmrec-fast models lists them")  # fmt: skip
+    _add_data_arguments(parser)
+    parser.add_argument("--epochs", type=int, help=f"most epochs (default {default('epochs')}; early stopping usually ends sooner)")
+    parser.add_argument("--batch-size", type=int, help=f"training batch size (default {default('batch_size')})")
+    parser.add_argument("--lr", type=float, help=f"learning rate (default {default('lr')})")
+    parser.add_argument("--weight-decay", type=float, help=f"the optimizer's weight decay (default {default('weight_decay')})")
+    parser.add_argument("--optimizer", choices=("adam", "adamw"), help=f"optimizer (default {default('optimizer')})")
+    parser.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch's fused Adam / AdamW, the same update in one pass per tensor (default: off; FREEDOM's "
+                        "and MMSSL's training defaults: on)")  # fmt: skip
+    parser.add_argument("--negatives", choices=("all", "train_items"),
+                        help="BPR negatives drawn from all items, or from the items seen in training as MMRec "
+                        f"(default {default('negatives')})")  # fmt: skip
+    parser.add_argument("--valid-metric", help=f"early-stopping metric (default {default('valid_metric')})")
+    parser.add_argument("--patience", type=int, help=f"validations without improvement before stopping (default {default('patience')})")
+    parser.add_argument("--eval-every", type=int, help=f"epochs between validations (default {default('eval_every')})")
+    parser.add_argument("--ks", type=_ks, help=f"cut-offs, comma-separated (default {default('ks')})")
+    parser.add_argument("--ndcg", choices=("mmrec", "ngcf"), help=f"NDCG form, ngcf: MMSSL's (default {default('ndcg')})")
+    parser.add_argument("--eval-batch-size", type=int, help=f"users ranked at once (default {default('eval_batch_size')})")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="backend of the model's ops (default: automatic)")
+    parser.add_argument("--eval-backend", choices=BACKENDS, help="backend of topk_scores in evaluation (default: automatic)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout (default {default('seed')})")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", metavar="DIR", help=out_help)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmrec-fast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    from .backends import BACKENDS
+
     train = commands.add_parser("train", help="train a model and report its test metrics",
                                 description="Train a model; every training option left out takes the model's "
                                 "training default (mmrec-fast models lists them), else the default shown.")  # fmt: skip
-    train.add_argument("--model", required=True, choices=sorted(MODELS), help="the model to train")
-    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="a model hyperparameter (repeatable), e.g. --set ssl_alpha=0.05; mmrec-fast models lists them")  # fmt: skip
-    _add_data_arguments(train)
-    train.add_argument("--epochs", type=int, help=f"most epochs (default {default('epochs')}; early stopping usually ends sooner)")
-    train.add_argument("--batch-size", type=int, help=f"training batch size (default {default('batch_size')})")
-    train.add_argument("--lr", type=float, help=f"learning rate (default {default('lr')})")
-    train.add_argument("--weight-decay", type=float, help=f"the optimizer's weight decay (default {default('weight_decay')})")
-    train.add_argument("--optimizer", choices=("adam", "adamw"), help=f"optimizer (default {default('optimizer')})")
-    train.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch's fused Adam / AdamW, the same update in one pass per tensor (default: off; FREEDOM's "
-                       "and MMSSL's training defaults: on)")  # fmt: skip
-    train.add_argument("--negatives", choices=("all", "train_items"),
-                       help="BPR negatives drawn from all items, or from the items seen in training as MMRec "
-                       f"(default {default('negatives')})")  # fmt: skip
-    train.add_argument("--valid-metric", help=f"early-stopping metric (default {default('valid_metric')})")
-    train.add_argument("--patience", type=int, help=f"validations without improvement before stopping (default {default('patience')})")
-    train.add_argument("--eval-every", type=int, help=f"epochs between validations (default {default('eval_every')})")
-    train.add_argument("--ks", type=_ks, help=f"cut-offs, comma-separated (default {default('ks')})")
-    train.add_argument("--ndcg", choices=("mmrec", "ngcf"), help=f"NDCG form, ngcf: MMSSL's (default {default('ndcg')})")
-    train.add_argument("--eval-batch-size", type=int, help=f"users ranked at once (default {default('eval_batch_size')})")
-    train.add_argument("--backend", choices=BACKENDS, default=None, help="backend of the model's ops (default: automatic)")
-    train.add_argument("--eval-backend", choices=BACKENDS, help="backend of topk_scores in evaluation (default: automatic)")
-    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    train.add_argument("--seed", type=int, help=f"seed of initialisation, batches and dropout (default {default('seed')})")
-    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    train.add_argument("--out", metavar="DIR", help="write last.pt, best.pt and run.json here (default: none are written)")
+    _add_run_arguments(train, "write last.pt, best.pt and run.json here (default: none are written)")
+    train.add_argument("--seeds", type=int, metavar="N", help="train N seeds (--seed, --seed + 1, ...), one run each in "
+                       "--out/seed_<s>/, and report each test metric's mean, sd and min-max (default: one run)")  # fmt: skip
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue the run of this last.pt")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=cmd_train)
+
+    search = commands.add_parser("search", help="hyperparameter search: choose on validation, test once over seeds",
+                                 description="Search a model's hyperparameters: every trial is a training run with early "
+                                 "stopping on the valid metric and no test evaluation; the setting with the best valid "
+                                 "score is then trained over --seeds seeds and only those runs are evaluated on test. "
+                                 "Runs on optuna (pip install optuna); running the same command again continues the "
+                                 "search in --out.")  # fmt: skip
+    _add_run_arguments(search, "the search's folder (required): study (search.db), trials/, chosen/, summary.json, "
+                       "report.md; the same command again continues the search there")
+    search.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                        help="values of a hyperparameter (repeatable): a --set name or lr, weight_decay, batch_size, "
+                        "optimizer, negatives (default: the model's authors' grid; mmrec-fast models lists it)")  # fmt: skip
+    search.add_argument("--sampler", choices=("grid", "tpe"), default="grid",
+                        help="grid: every setting once; tpe: optuna's TPE over the same values (default: grid)")  # fmt: skip
+    search.add_argument("--trials", type=int, help="trials in all, failed ones included (default: the grid's size; tpe needs it)")
+    search.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds of the chosen setting's test runs (default: 3)")
+    search.add_argument("--verbose", action="store_true", help="also print every epoch of every run")
+    search.set_defaults(run=cmd_search, no_progress=True)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model")
     evaluate.add_argument("--checkpoint", required=True, metavar="PATH", help="best.pt or last.pt of a training run")

@@ -140,10 +140,11 @@ class Trainer:
         config: a :class:`TrainConfig` (None: ``TrainConfig.for_model(model)``, the model's training defaults).
         overrides: the TrainConfig fields the caller set (recorded in run.json beside the model's defaults).
         log: where per-epoch lines go (default: print, through tqdm when bars are shown).
+        record_extra: more entries for the run record (e.g. ``{"search": ...}``: how a search chose the setting).
     """
 
     def __init__(self, model, dataset: Dataset, config: TrainConfig | None = None, *, overrides: dict | None = None,
-                 log: Callable[[str], None] | None = None):  # fmt: skip
+                 log: Callable[[str], None] | None = None, record_extra: dict | None = None):  # fmt: skip
         from .models import Recommender
 
         if not isinstance(model, Recommender):
@@ -167,17 +168,20 @@ class Trainer:
         self.history: list[dict] = []
         self.early = _EarlyStopping()
         self.record: dict = {}
+        self.record_extra = dict(record_extra or {})
         self._log = log
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, *, evaluate_test: bool = True) -> dict:
         """Train from the epoch after :attr:`epoch` until ``config.epochs`` or early stopping, restore the best
-        model, evaluate it on the test split, and return the run record (also written to ``<out>/run.json``)."""
+        model, evaluate it on the test split (unless ``evaluate_test`` is False: a search's trials never look at
+        test; the record's ``test`` is then None), and return the run record (also written to ``<out>/run.json``).
+        A resumed run that had already stopped early trains no further."""
         config = self.config
         started = self.record.get("started") or _now()
         self.record = self._new_record(started)
-        stopped_early = False
-        for epoch in range(self.epoch + 1, config.epochs):
+        stopped_early = bool(self.history) and "valid" in self.history[-1] and self.early.bad_evaluations >= config.patience
+        for epoch in range(self.epoch + 1, config.epochs if not stopped_early else 0):
             entry = self.train_epoch(epoch)
             if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
                 start = time.perf_counter()
@@ -206,9 +210,8 @@ class Trainer:
         if self.early.best_state is not None:
             self.model.load_state_dict(self.early.best_state)
         start = time.perf_counter()
-        test = self.evaluate("test")
-        self.record["test_seconds"] = time.perf_counter() - start
-        self.record["test"] = test
+        self.record["test"] = self.evaluate("test") if evaluate_test else None
+        self.record["test_seconds"] = time.perf_counter() - start if evaluate_test else None
         self._write_record(stopped_early=stopped_early, finished=True)
         return self.record
 
@@ -323,6 +326,7 @@ class Trainer:
         }
         if "resumed_from" in self.record:
             record["resumed_from"] = self.record["resumed_from"]
+        record.update(_plain(self.record_extra))
         return record
 
     def _write_record(self, *, stopped_early: bool, finished: bool = False) -> None:

@@ -19,7 +19,7 @@ source "$VENV/bin/activate"
 step "installing $TORCH_SPEC and the dependencies"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet "$TORCH_SPEC"
-python -m pip install --quiet triton numpy scipy tqdm ninja pytest pytest-benchmark hypothesis matplotlib
+python -m pip install --quiet triton numpy scipy tqdm ninja pytest pytest-benchmark hypothesis matplotlib optuna
 step "building the C++ extension mmrec_fast._C (a few minutes on 2 cores; each compiled file is listed)"
 # --no-build-isolation: build against the torch installed above, not a second one in an isolated environment;
 # -v shows ninja's [k/n] lines (printed here), the whole log goes to $VENV/build.log

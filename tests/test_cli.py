@@ -136,7 +136,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 def test_help_is_plain_text_with_every_default(capsys):
     """--help renders without reST markup, and every option of train says its default (or that the model's
     training default applies)."""
-    for argv, least in ((["--help"], 0), (["train", "--help"], 15), (["evaluate", "--help"], 6)):
+    for argv, least in ((["--help"], 0), (["train", "--help"], 15), (["evaluate", "--help"], 6), (["search", "--help"], 18)):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 0
@@ -145,7 +145,7 @@ def test_help_is_plain_text_with_every_default(capsys):
         options = re.split(r"\n  (?=-)", printed.split("options:", 1)[1])[1:]
         assert len(options) > least
         for option in options:
-            if option.startswith(("-h", "--resume", "--no-progress", "--set", "--model", "--checkpoint")):
+            if option.startswith(("-h", "--resume", "--no-progress", "--set", "--model", "--checkpoint", "--verbose", "--out DIR  ")):
                 continue
             assert "default" in " ".join(option.split()), (argv, option)
 
@@ -162,3 +162,34 @@ def test_a_backend_that_cannot_run_here_is_one_line(capsys, monkeypatch):
     assert main(["train", "--model", "lightgcn", "--synthetic", "small", *FAST, "--backend", "triton"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mmrec-fast train: error: propagate: backend 'triton' cannot run here") and "\n" not in err, err
+
+
+def test_train_seeds_and_search(tmp_path, capsys):
+    """train --seeds: one run per seed and the summary; search: trials, the chosen setting over seeds, the report;
+    a second search call continues (nothing is trained again)."""
+    pytest.importorskip("optuna")
+    out = tmp_path / "seeds"
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--out", str(out), "--seeds", "2", "--seed", "5", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "test metrics over 2 seeds" in printed and re.search(r"recall@20 +0\.\d{4} ± 0\.\d{4}", printed)
+    assert sorted(p.name for p in out.iterdir()) == ["seed_5", "seed_6", "seeds.json"]
+    assert main(["train", "--model", "lightgcn", "--synthetic", "small", "--seeds", "2", "--resume", "x", *FAST]) == 2
+    assert "--seeds does not take --resume" in capsys.readouterr().err
+
+    out = tmp_path / "search"
+    argv = ["search", "--model", "lightgcn", "--synthetic", "small", "--out", str(out), "--grid", "num_layers=1,2",
+            "--grid", "lr=1e-3", "--seeds", "2", *FAST]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "trial 2/2" in printed and "chosen: num_layers=" in printed and "test metrics over seeds 0, 1" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
+    best = max(summary["trials"], key=lambda t: (t["valid"], -t["number"]))
+    assert summary["chosen"]["setting"] == best["setting"]
+    assert (out / "report.md").is_file()
+    assert main(argv) == 0
+    assert "trial 1/" not in capsys.readouterr().out  # resumed: the finished trials are not run again
+    assert main(["search", "--model", "lightgcn", "--synthetic", "small", "--grid", "num_layers=1", *FAST]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
+    assert main(["search", "--model", "lightgcn", "--synthetic", "small", "--out", str(tmp_path / "x"), "--grid", "colour=red", *FAST]) == 2
+    assert "no hyperparameter 'colour'" in capsys.readouterr().err

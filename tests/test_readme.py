@@ -14,3 +14,24 @@ def test_the_readme_example_runs(capsys):
     exec(compile(blocks[0], "README.md example", "exec"), {"__name__": "readme_example"})
     printed = capsys.readouterr().out.split("\n")
     assert any("infonce" in line for line in printed), printed
+
+
+def test_the_readme_commands_parse():
+    """Every ``mmrec-fast ...`` line of README's shell blocks is accepted by the command line's parser (no stale
+    flag or model name)."""
+    import shlex
+
+    from mmrec_fast.cli import build_parser
+
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                if words[:1] == ["mmrec-fast"]:
+                    commands.append(words[1:])
+    assert len(commands) >= 8
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # exits (SystemExit 2) on an unknown option or choice

@@ -24,6 +24,7 @@ The trainer, the evaluator, the command line and checkpoints use only what is de
   it needs one the dataset does not have.
 * ``backend=`` (``"reference" | "native" | "triton" | None``) switches every op the model calls (``Model.ops``
   names them).
+* ``Model.search_space``: the authors' hyperparameter grid (``mmrec-fast search`` without --grid searches it).
 """
 
 from __future__ import annotations
@@ -234,6 +235,11 @@ class Recommender(torch.nn.Module):
     supported_modalities: ClassVar[tuple[str, ...]] = ()
     #: the mmrec_fast ops the model calls in training (``backend=`` must run each of them on the model's device)
     ops: ClassVar[tuple[str, ...]] = ("propagate", "info_nce", "knn", "topk_scores")
+    #: the authors' hyperparameter grid, {Config field or TrainConfig field: (value text, ...)}: what ``mmrec-fast
+    #: search`` searches when no --grid is given ({}: the authors ship none)
+    search_space: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: where the grid comes from (file of the authors' repository, or the paper's section)
+    search_space_source: ClassVar[str] = ""
 
     def __init__(self, dataset, config: ModelConfig | None = None, *, backend: str | None = None, **changes):
         super().__init__()
