@@ -287,8 +287,8 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
         setting = {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
         folder = out / "trials" / setting_folder(setting)
         trial.set_user_attr("folder", str(folder.relative_to(out)))
-        number = _counted(study, optuna) + 1
-        say(f"trial {number}/{trials}: {setting_label(setting)} ...")
+        number = f"{trial.number} ({_counted(study, optuna) + 1}/{trials})"
+        say(f"trial {number}: {setting_label(setting)} ...")
         start = time.perf_counter()
         try:
             record = spec.train(setting, seed, folder, evaluate_test=False)
@@ -298,13 +298,13 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
         except Exception as error:  # recorded as a failed trial (optuna's catch) and the search goes on
             reason = (f"{type(error).__name__}: {error}".splitlines() or [""])[0][:300]
             trial.set_user_attr("error", reason)
-            say(f"trial {number}/{trials}: {setting_label(setting)} failed after {time.perf_counter() - start:.0f} s: {reason}")
+            say(f"trial {number}: {setting_label(setting)} failed after {time.perf_counter() - start:.0f} s: {reason}")
             raise
         for key in ("best_epoch", "epochs_run", "median_epoch_seconds"):
             trial.set_user_attr(key, record.get(key))
         trial.set_user_attr("seconds", time.perf_counter() - start)
         best = max([t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))] + [score])
-        say(f"trial {number}/{trials}: {setting_label(setting)}: valid {metric} {score:.4f} (best so far {best:.4f}), "
+        say(f"trial {number}: {setting_label(setting)}: valid {metric} {score:.4f} (best so far {best:.4f}), "
             f"best epoch {record['best_epoch']} of {record['epochs_run']}, {time.perf_counter() - start:.0f} s")  # fmt: skip
         return score
 

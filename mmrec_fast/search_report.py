@@ -39,7 +39,8 @@ def write_report(summary: dict, out_dir) -> list[str]:
               "(mean ± sample sd [min, max]):", "", "```"]  # fmt: skip
     names = tuple(name for name in HEADLINE if name in summary["test"]) or tuple(summary["test"])
     lines += [summary_text(summary["test"], names), "```", ""]
-    lines += [f"![valid {metric} per trial]({name})" for name in charts] + ([""] if charts else [])
+    titles = {"search_trials.png": f"valid {metric} per trial", "search_parameters.png": f"valid {metric} per hyperparameter value"}
+    lines += [f"![{titles[name]}]({name})" for name in charts] + ([""] if charts else [])
     (out / "report.md").write_text("\n".join(lines))
     return [f"report: {out / 'report.md'}"] + said
 

@@ -181,14 +181,14 @@ def test_train_seeds_and_search(tmp_path, capsys):
             "--grid", "lr=1e-3", "--seeds", "2", *FAST]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "trial 2/2" in printed and "chosen: num_layers=" in printed and "test metrics over seeds 0, 1" in printed
+    assert "(2/2)" in printed and "chosen: num_layers=" in printed and "test metrics over seeds 0, 1" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
     best = max(summary["trials"], key=lambda t: (t["valid"], -t["number"]))
     assert summary["chosen"]["setting"] == best["setting"]
     assert (out / "report.md").is_file()
     assert main(argv) == 0
-    assert "trial 1/" not in capsys.readouterr().out  # resumed: the finished trials are not run again
+    assert "trial 0 (1/" not in capsys.readouterr().out  # resumed: the finished trials are not run again
     assert main(["search", "--model", "lightgcn", "--synthetic", "small", "--grid", "num_layers=1", *FAST]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
     assert main(["search", "--model", "lightgcn", "--synthetic", "small", "--out", str(tmp_path / "x"), "--grid", "colour=red", *FAST]) == 2

@@ -72,6 +72,9 @@ class FREEDOM(Recommender):
     name = "freedom"
     summary = "FREEDOM: frozen kNN item graph + degree-sensitive pruning of the user-item graph, BPR (ACM MM 2023)"
     ops = ("propagate", "knn")
+    #: the authors' grid (hyper_parameters: dropout, reg_weight), 8 settings
+    search_space = {"dropout": ("0.8", "0.9"), "reg_weight": ("0.0", "1e-5", "1e-4", "1e-3")}
+    search_space_source = "enoche/MMRec src/configs/model/FREEDOM.yaml (commit a75d89ae)"
     supported_modalities = ("image", "text", "audio")
 
     @dataclass(frozen=True)

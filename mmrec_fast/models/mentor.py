@@ -111,6 +111,10 @@ class MENTOR(Recommender):
     summary = ("MENTOR: 3M + 1 graph modules, kNN item graph, log2 BPR + align + feature / graph-noise "
                "self-supervision with full-population InfoNCE (arXiv 2402.19407)")  # fmt: skip
     ops = ("propagate", "info_nce", "knn")
+    #: MENTOR.yaml's lists with more than one value (the other listed keys, lr 1e-4, reg_weight 1e-3, dropout 0.5,
+    #: mask_weight_f 1.5, align_weight 0.1, hold one value each: the defaults), 6 settings
+    search_space = {"mask_weight_g": ("1e-4", "1e-3"), "temperature": ("0.2", "0.4", "0.6")}
+    search_space_source = "Jinfeng-Xu/MENTOR src/configs/model/MENTOR.yaml (commit 620c858a)"
     supported_modalities = ("image", "text", "audio")
 
     @dataclass(frozen=True)

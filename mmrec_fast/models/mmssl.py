@@ -251,6 +251,9 @@ class MMSSL(Recommender):
     summary = ("MMSSL: feature hops + modality id views over augmented graphs, adversarial structure learning "
                "(WGAN-GP discriminator), cross-modal contrastive loss (WWW 2023)")  # fmt: skip
     ops = ("propagate", "masked_similarity", "info_nce", "topk_scores")
+    #: the authors ship no grid: MMSSL/utility/parser.py holds one default per argument (no lists, no ranges)
+    search_space = {}
+    search_space_source = "none: HKUDS/MMSSL MMSSL/utility/parser.py (commit 136c4a3b) has single defaults; give --grid"
     batch_kind = "users"
     supported_modalities = ("image", "text", "audio")
 

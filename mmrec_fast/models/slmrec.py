@@ -71,6 +71,11 @@ class SLMRec(Recommender):
     name = "slmrec"
     summary = "SLMRec: per-modality propagation, concat fusion, in-batch InfoNCE + FAC/FD/FM self-supervision (TMM 2022)"
     ops = ("propagate", "info_nce")
+    #: MMRec's SLMRec grid, 80 settings; its fourth dimension, reg {1e-4, 1e-3, 1e-2, 0.1}, is left out: MMRec's
+    #: SLMRec never reads config["reg"], so it only repeats every setting four times
+    search_space = {"lr": ("1e-4", "1e-3", "1e-2", "1e-1"), "ssl_temp": ("0.1", "0.2", "0.5", "1.0"),
+                    "ssl_alpha": ("0.01", "0.05", "0.1", "0.5", "1.0")}  # fmt: skip
+    search_space_source = "enoche/MMRec src/configs/model/SLMRec.yaml (commit a75d89ae)"
     batch_kind = "pairs"
     supported_modalities = FAC_LEVELS
 
