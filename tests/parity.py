@@ -53,3 +53,34 @@ def assert_low_precision(actual: torch.Tensor, plain: torch.Tensor, gold: torch.
     assert error <= 2 * plain_error + floor, (
         f"{what}: max error {error:.3e} > 2 x plain PyTorch error {plain_error:.3e} + {floor:.1e} ({actual.dtype})"
     )
+
+
+def assert_parity(run, backend: str, device: str, inputs: tuple, names: tuple[str, ...], reduction_length, what: str,
+                  rescale=None) -> None:  # fmt: skip
+    """The parity check every op's tests share: ``run(backend, device, *inputs) -> tuple of tensors`` (named
+    ``names``) on ``backend`` / ``device`` against the float64 reference on the same (already rounded) inputs; in
+    float16 / bfloat16, the error-ratio rule against the reference run in that precision (``plain``).
+
+    Args:
+        inputs: CPU tensors in the dtype under test (the dtype of ``inputs[0]``).
+        reduction_length: K of the float32 / float64 tolerance (an int, or ``name -> int``).
+        rescale: ``(name, actual, gold) -> (actual, gold, K)`` for a result whose natural scale is not its own
+            magnitude (info_nce's temperature gradient); None: compared as they are.
+    """
+    dtype = inputs[0].dtype
+    got = run(backend, device, *inputs)
+    gold = run("reference", "cpu", *(x.double() for x in inputs))
+    for name, value in zip(names, got):
+        assert torch.isfinite(value).all(), f"{what} {name}: non-finite output"
+        assert value.device.type == device, f"{what} {name}: on {value.device}, not {device}"
+    if dtype in LOW_PRECISION:
+        plain = run("reference", "cpu", *inputs)
+        for name, actual, p, g in zip(names, got, plain, gold):
+            assert_low_precision(actual.cpu(), p, g, f"{what} {name}")
+        return
+    for name, actual, g in zip(names, got, gold):
+        k = reduction_length(name) if callable(reduction_length) else reduction_length
+        actual, g = actual.cpu(), g.to(actual.dtype)
+        if rescale is not None:
+            actual, g, k = rescale(name, actual, g, k)
+        assert_matches(actual, g, dtype, k, f"{what} {name}")

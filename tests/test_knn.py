@@ -433,21 +433,19 @@ def assert_same_matrix(graph, expected: sp.spmatrix, atol=1e-12):
     assert (got != 0).sum() == (expected != 0).sum()
 
 
-@pytest.mark.parametrize("backend", ["reference", "native", "triton"])
-def test_knn_graph_freedom_mentor_form(backend):
-    if backend != "reference" and backend not in [b for b, _ in PAIRS]:
-        pytest.skip(f"{backend} not runnable here")
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + PAIRS)
+def test_knn_graph_freedom_mentor_form(backend, device):
     # Dyadic features: exact cosines, so the neighbour sets are the same in numpy whatever the ties.
     image = dyadic_features(120, 64, "duplicated", seed=20)
     text = dyadic_features(120, 16, "clustered", seed=21)
     k = 10
-    graph = mmrec_fast.knn_graph([image.float(), text.float()], k=k, weights=[0.1, 0.9], backend=backend)
+    graph = mmrec_fast.knn_graph([image.float().to(device), text.float().to(device)], k=k, weights=[0.1, 0.9], backend=backend).to("cpu")
     a_image = scipy_knn_matrix(image.numpy(), k, True, "binary")
     a_text = scipy_knn_matrix(text.numpy(), k, True, "binary")
     expected = 0.1 * freedom_normalise(a_image, 1e-7) + 0.9 * freedom_normalise(a_text, 1e-7)
     assert_same_matrix(graph, expected)
     # Every single-modality edge is exactly the FREEDOM/MENTOR value 1/(k + 1e-7).
-    single = mmrec_fast.knn_graph(text.float(), k=k, backend=backend)
+    single = mmrec_fast.knn_graph(text.float().to(device), k=k, backend=backend).to("cpu")
     _, _, value = single.coo()
     assert single.nnz == 120 * k
     torch.testing.assert_close(value, torch.full_like(value, 1 / (k + 1e-7)), rtol=1e-15, atol=0)
@@ -458,10 +456,8 @@ def test_knn_graph_freedom_mentor_form(backend):
     assert bool(torch.isclose(fused, levels[2], rtol=1e-14, atol=0).any())  # some edges are in both
 
 
-@pytest.mark.parametrize("backend", ["reference", "native", "triton"])
-def test_knn_graph_lattice_form(backend):
-    if backend != "reference" and backend not in [b for b, _ in PAIRS]:
-        pytest.skip(f"{backend} not runnable here")
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + PAIRS)
+def test_knn_graph_lattice_form(backend, device):
     g = torch.Generator().manual_seed(22)
     # Nonnegative features (like CNN outputs), so every degree is positive; dyadic, so the cosines are exact and
     # the neighbour sets match numpy's whatever the ties. Item 17 has no image: its image row is zero.
@@ -469,9 +465,10 @@ def test_knn_graph_lattice_form(backend):
     text = dyadic_features(90, 24, "clustered", seed=26).abs()
     image[17] = 0.0
     for dtype in (torch.float32, torch.float64):
-        if backend != "reference" and not claims(backend, "cpu", dtype):
+        if backend != "reference" and not claims(backend, device, dtype):
             continue
-        graph = mmrec_fast.knn_graph([image.to(dtype), text.to(dtype)], k=10, weights=[0.5, 0.5], edge_weight="cosine", backend=backend)
+        graph = mmrec_fast.knn_graph([image.to(device, dtype), text.to(device, dtype)], k=10, weights=[0.5, 0.5],
+                                     edge_weight="cosine", backend=backend).to("cpu")  # fmt: skip
         text_part = lattice_normalise(scipy_knn_matrix(text.numpy(), 10, True, "cosine"))
         expected = 0.5 * lattice_normalise(scipy_knn_matrix(image.numpy(), 10, True, "cosine")) + 0.5 * text_part
         atol = 1e-12 if dtype == torch.float64 else 1e-6

@@ -15,7 +15,7 @@ from mmrec_fast import Graph, backends
 from mmrec_fast.ops import propagate as propagate_ops  # noqa: F401  (the module registers the ops)
 
 from conftest import backend_device_pairs, data_root, kernel_backends
-from parity import LOW_PRECISION, assert_low_precision, assert_matches
+from parity import LOW_PRECISION, assert_matches, assert_parity
 
 PAIRS = backend_device_pairs("propagate")
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -79,35 +79,20 @@ def reduction_length(graph: Graph, num_layers: int) -> int:
 
 # -- the parity check ---------------------------------------------------------------------------------------------
 def check_parity(graph, backend, device, dtype, d, num_layers=3, combine="mean", seed=0):
-    """Values and gradients of `backend` against the float64 reference (and, in low precision, the error-ratio
-    rule against the reference run in the same precision)."""
+    """Values and gradients of `backend` against the float64 reference on the same (rounded) inputs (parity.py's
+    rules)."""
     gen = torch.Generator().manual_seed(seed)
     x64 = torch.randn(graph.shape[1], d, generator=gen, dtype=torch.float64)
     upstream64 = torch.randn(graph.shape[0], d, generator=gen, dtype=torch.float64)
-    graph_dev = graph.to(device)
 
-    x = x64.to(device=device, dtype=dtype).requires_grad_()
-    out = mmrec_fast.propagate(graph_dev, x, num_layers, combine, backend=backend)
-    (grad,) = torch.autograd.grad(out, x, upstream64.to(device=device, dtype=dtype))
+    def run(backend, device, x, upstream):
+        x = x.to(device).requires_grad_()
+        out = mmrec_fast.propagate(graph.to(device), x, num_layers, combine, backend=backend)
+        (grad,) = torch.autograd.grad(out, x, upstream.to(device))
+        return out.detach(), grad
 
-    # Gold: the reference in float64 on the same (rounded) inputs.
-    x_gold = x.detach().double().cpu().requires_grad_()
-    gold = mmrec_fast.propagate(graph, x_gold, num_layers, combine, backend="reference")
-    upstream = upstream64.to(dtype).double()
-    (grad_gold,) = torch.autograd.grad(gold, x_gold, upstream)
-
-    what = f"{backend}/{device}/{dtype}/d={d}/L={num_layers}/{combine}"
-    if dtype in LOW_PRECISION:
-        x_plain = x.detach().cpu().requires_grad_()
-        plain = mmrec_fast.propagate(graph, x_plain, num_layers, combine, backend="reference")
-        (grad_plain,) = torch.autograd.grad(plain, x_plain, upstream64.to(dtype))
-        assert_low_precision(out, plain, gold, what + " values")
-        assert_low_precision(grad, grad_plain, grad_gold, what + " grad")
-    else:
-        k = reduction_length(graph, num_layers)
-        assert_matches(out, gold, dtype, k, what + " values")
-        assert_matches(grad, grad_gold, dtype, k, what + " grad")
-    assert out.device.type == device and grad.device.type == device
+    assert_parity(run, backend, device, (x64.to(dtype), upstream64.to(dtype)), ("values", "grad"),
+                  reduction_length(graph, num_layers), f"{backend}/{device}/{dtype}/d={d}/L={num_layers}/{combine}")  # fmt: skip
 
 
 # Low precision at d in {7, 64, 130} (odd, one full chunk, chunks + remainder) keeps the interpreter run short.
