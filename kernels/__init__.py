@@ -12,3 +12,9 @@ except AttributeError:  # older Triton without knobs
     import os
 
     INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+import torch
+import triton.language as tl
+
+#: torch dtype -> Triton dtype, for the accumulation dtype a kernel computes in (mmrec_fast.backends.accumulation_dtype)
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}

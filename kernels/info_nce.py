@@ -42,7 +42,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRETED
+from mmrec_fast.backends import accumulation_dtype
+
+from . import INTERPRETED, TL_DTYPES
 
 NORM_EPS = tl.constexpr(1e-12)  # F.normalize's default
 
@@ -284,7 +286,7 @@ def _config(x: torch.Tensor) -> dict:
     products, whose 64 x 64 tiles were pathologically slow (80 ms at d = 64). With the column splits, 128 x 64
     tiles on 8 warps (d <= 64: 0.98 ms against 1.14 ms at 64 x 64) and 32 x 32 (d <= 128: 2.72 ms against
     3.22 ms at 64 x 32) were the fastest; exact products (float64) keep the first sweep's smaller tiles."""
-    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    acc = TL_DTYPES[accumulation_dtype(x.dtype)]
     block_d = max(16, triton.next_power_of_2(x.shape[1]))
     if x.dtype == torch.float64:
         precision = "ieee"
@@ -333,7 +335,7 @@ def _column_splits(x: torch.Tensor, cfg: dict) -> tuple[int, int]:
     else:
         programs = INTERPRETER_PROGRAMS if INTERPRETED else PROGRAMS_PER_SM * _multiprocessors(x.device)
         wanted = triton.cdiv(programs, row_blocks)
-    acc_bytes = 8 if x.dtype == torch.float64 else 4  # the partial buffers are in the accumulation dtype
+    acc_bytes = accumulation_dtype(x.dtype).itemsize  # the partial buffers are in the accumulation dtype
     wanted = max(1, min(wanted, col_blocks, SPLIT_BUFFER_BYTES // max(1, batch * d * acc_bytes)))
     blocks_per_split = triton.cdiv(col_blocks, wanted)
     return triton.cdiv(col_blocks, blocks_per_split), blocks_per_split * cfg["BLOCK_N"]
@@ -376,7 +378,7 @@ def _normalized(a, b, normalize):
     if not normalize:
         return a, b, None, None
     batch, d = a.shape
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(a.dtype)
     x, y = torch.empty_like(a), torch.empty_like(b)
     inv_a, inv_b = torch.empty(batch, dtype=acc, device=a.device), torch.empty(batch, dtype=acc, device=a.device)
     cfg = _row_config(a)
@@ -388,7 +390,7 @@ def _partial_row_lse(x, y, s, intra):
     """(splits, B): each split's log-sum-exp over its columns."""
     batch, d = x.shape
     cfg, grid, cols_per_split = _launch_config(x)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     partial_lse = torch.empty(grid[1], batch, dtype=acc, device=x.device)
     _row_lse_kernel[grid](x, y, s, partial_lse, batch, d, cols_per_split, INTRA=intra, **cfg)
     return partial_lse

@@ -26,7 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRETED
+from mmrec_fast.backends import accumulation_dtype
+
+from . import INTERPRETED, TL_DTYPES
 
 
 #: Edges per segment: rows with more are summed in pieces (the CUDA kernels use the same length).
@@ -155,7 +157,7 @@ def _launch_step(segments, rowptr, col, values, src, src_scale, row_scale, x, x_
     block_m, block_e = (64, 16) if INTERPRETED else (8, 16)
     block_d = min(triton.next_power_of_2(d), 64)
     dummy = dst  # placeholder pointer for absent optional inputs (never read: their HAS_* flag is False)
-    acc = tl.float64 if dst.dtype == torch.float64 else tl.float32
+    acc = TL_DTYPES[accumulation_dtype(dst.dtype)]
     epilogue_args = (
         dummy if row_scale is None else row_scale, dummy if x is None else x, dummy if x_scale is None else x_scale,
         dummy if x_coef is None else x_coef, dst,
@@ -195,7 +197,7 @@ def propagate(
     if num_layers == 0:
         return x * weights[0]
     segments = _Segments(rowptr, col.numel())  # shared by every step
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulation_dtype(x.dtype)
     partials = torch.empty(max(segments.max_partials, 1), d, dtype=acc_dtype, device=x.device)
     out = torch.empty(m, d, dtype=x.dtype, device=x.device)
     buffers = (out, torch.empty(n, d, dtype=x.dtype, device=x.device) if num_layers >= 2 else None)  # u_k: [k % 2]

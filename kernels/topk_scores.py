@@ -1,5 +1,5 @@
 """Triton kernel of masked inner-product top-k: ``topk_scores`` and, on row-normalised inputs with the diagonal
-left out or not, ``knn`` (one kernel serves both ops; ops/knn.py calls :func:`topk_scores` with queries = keys).
+left out or not, ``knn`` (one kernel serves both ops; kernels/knn.py calls :func:`topk_scores` with queries = keys).
 
 Each program owns BLOCK_M query rows and walks the keys BLOCK_N at a time (tile-and-select, the same mechanism as
 the CPU kernels in csrc/common/tile_topk.h):

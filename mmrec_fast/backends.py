@@ -21,6 +21,7 @@ import contextvars
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -52,6 +53,12 @@ def check_has_data(what: str, t) -> None:
         raise ValueError(f"{what} is a meta tensor (a shape without data); pass a CPU or CUDA tensor")
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every op (and its reference) computes in for inputs of ``dtype``: float64 for float64, else float32
+    (float16 / bfloat16 are upcast; DESIGN.md's accumulation rule, written here once)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run this op on this device/dtype; the message says why."""
 
@@ -62,6 +69,9 @@ class OpSupport:
 
     dtypes: (backend, device type) -> dtypes of the op's floating inputs that the backend accepts there.
     preference: device type -> backends to try, in order, when none is requested.
+    limits: backend -> ``check(**sizes) -> None | reason``: what a backend cannot take of a call's sizes (Triton's
+        top-k keeps k in registers); the op passes the sizes to :func:`resolve`, and a limit is treated like any
+        other reason the backend cannot run (an error if requested, a warned fallback if chosen automatically).
     """
 
     name: str
@@ -69,6 +79,7 @@ class OpSupport:
     preference: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {"cpu": ("native", "reference"), "cuda": ("native", "triton", "reference")}
     )
+    limits: dict[str, Callable[..., str | None]] = field(default_factory=dict)
 
 
     def __post_init__(self):
@@ -127,7 +138,7 @@ def triton_status(device_type: str) -> str | None:
     return f"Triton kernels do not run on {device_type}"
 
 
-def _unavailable_reason(op: OpSupport, backend: str, device_type: str, dtype: torch.dtype) -> str | None:
+def _unavailable_reason(op: OpSupport, backend: str, device_type: str, dtype: torch.dtype, sizes: tuple) -> str | None:
     dtypes = op.dtypes.get((backend, device_type))
     if dtypes is None:
         return f"{op.name} has no {backend} implementation for {device_type} tensors"
@@ -142,24 +153,28 @@ def _unavailable_reason(op: OpSupport, backend: str, device_type: str, dtype: to
         if device_type == "cuda" and not _native.with_cuda():
             return "the native extension was built without CUDA kernels"
     if backend == "triton":
-        return triton_status(device_type)
-    return None
+        status = triton_status(device_type)
+        if status is not None:
+            return status
+    limit = op.limits.get(backend)
+    return limit(**dict(sizes)) if limit is not None else None
 
 
-def resolve(op: OpSupport, tensor: torch.Tensor, backend: str | None = None) -> str:
-    """The backend that runs ``op`` on ``tensor`` (its device and dtype), following the precedence above.
+def resolve(op: OpSupport, tensor: torch.Tensor, backend: str | None = None, **sizes: int) -> str:
+    """The backend that runs ``op`` on ``tensor`` (its device and dtype) and a call of ``sizes`` (checked against
+    ``op.limits``), following the precedence above.
 
     Under ``torch.compile`` the choice is made once, when the function is traced.
     """
-    return _resolve(op.name, tensor.device.type, tensor.dtype, backend)
+    return _resolve(op.name, tensor.device.type, tensor.dtype, backend, tuple(sorted(sizes.items())))
 
 
 @torch.compiler.assume_constant_result
-def _resolve(op_name: str, device_type: str, dtype: torch.dtype, backend: str | None) -> str:
+def _resolve(op_name: str, device_type: str, dtype: torch.dtype, backend: str | None, sizes: tuple = ()) -> str:
     op = OPS[op_name]
     requested = _validate(backend, op.name) or get_backend()
     if requested is not None:
-        reason = _unavailable_reason(op, requested, device_type, dtype)
+        reason = _unavailable_reason(op, requested, device_type, dtype, sizes)
         if reason is not None:
             raise BackendUnavailable(f"{op.name}: backend {requested!r} cannot run here: {reason}")
         return requested
@@ -169,7 +184,7 @@ def _resolve(op_name: str, device_type: str, dtype: torch.dtype, backend: str | 
     reasons = []
     # Backends the op does not implement on this device are not fallbacks: they are left out silently.
     for candidate in (b for b in preference if (b, device_type) in op.dtypes):
-        reason = _unavailable_reason(op, candidate, device_type, dtype)
+        reason = _unavailable_reason(op, candidate, device_type, dtype, sizes)
         if reason is None:
             if reasons:
                 key = (op.name, device_type, dtype, candidate)

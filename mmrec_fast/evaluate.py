@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from .backends import accumulation_dtype
 from .data.dataset import SPLITS, Dataset, Interactions
 from .graph import Graph
 from .ops import topk_scores
@@ -199,7 +200,7 @@ class _Ranker:
         scores = self.scores(users).detach()
         if scores.dim() != 2 or scores.shape[0] != users.numel():
             raise ValueError(f"evaluate: the score function gave shape {tuple(scores.shape)} for {users.numel()} users")
-        scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32, copy=True)
+        scores = scores.to(accumulation_dtype(scores.dtype), copy=True)
         if exclude is not None:
             row, col, _ = exclude.to(scores.device).coo()
             scores[row, col] = float("-inf")

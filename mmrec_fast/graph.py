@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backends import check_has_data
+from .backends import accumulation_dtype, check_has_data
 
 NORMS = ("sym", "rw", "left", None)
 DUPLICATES = ("sum", "collapse")
@@ -75,7 +75,7 @@ def _check_no_grad(name: str, tensor: torch.Tensor | None) -> None:
         )
 
 
-def _degree_scale(degree: torch.Tensor, power: float, eps: float, name: str) -> torch.Tensor:
+def degree_scale(degree: torch.Tensor, power: float, eps: float, name: str) -> torch.Tensor:
     """(degree + eps) ** -power, with inf -> 0 when eps == 0."""
     if eps < 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
@@ -272,7 +272,7 @@ class Graph:
         (rowptr, col, values, left, right, t_rowptr, t_col, t_values): values and scales in the accumulation dtype
         (float64 for float64 inputs, else float32); the transpose's CSR (None when W is symmetric). Cached per dtype.
         """
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(dtype)
         if acc not in self._kernel_cache:
             cast = lambda t: None if t is None else t.to(acc)  # noqa: E731
             if self.symmetric:
@@ -411,12 +411,12 @@ class Graph:
         col_degree = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, csr_col, summed)
         left = right = None
         if norm == "sym":
-            left = _degree_scale(row_degree, 0.5, eps, "row")
-            right = left if (m == n and symmetric) else _degree_scale(col_degree, 0.5, eps, "column")
+            left = degree_scale(row_degree, 0.5, eps, "row")
+            right = left if (m == n and symmetric) else degree_scale(col_degree, 0.5, eps, "column")
         elif norm == "rw":
-            left = _degree_scale(row_degree, 1.0, eps, "row")
+            left = degree_scale(row_degree, 1.0, eps, "row")
         elif norm == "left":
-            left = _degree_scale(row_degree, 0.5, eps, "row")
+            left = degree_scale(row_degree, 0.5, eps, "row")
         binary = bool((summed == 1).all())
         return cls(rowptr, csr_col, None if binary else summed, left, right, shape=(m, n), symmetric=symmetric)
 

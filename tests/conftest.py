@@ -89,21 +89,21 @@ def _reset_backend_choice():
 def small_tiles(monkeypatch):
     """24 x 24 float32 score tiles (the float64 edge is the largest multiple of 8 that fits: 16), so that inputs of a
     few hundred rows run many tiles and, for knn, many round-robin rounds."""
-    import mmrec_fast.ops.tile_topk as tile_topk
+    from mmrec_fast.ops.topk_scores import TUNING
 
-    monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", 24 * 24 * 4)
+    monkeypatch.setitem(TUNING, "score_tile_bytes", 24 * 24 * 4)
 
 
 def assert_same_results_across_threads_and_tile_budgets(monkeypatch, run):
     """run() -> (values, indices) is bitwise identical run to run, for 1-3 threads and for several tile budgets."""
-    import mmrec_fast.ops.tile_topk as tile_topk
+    from mmrec_fast.ops.topk_scores import TUNING
 
     results = []
     threads = torch.get_num_threads()
     try:
         for num_threads, tile_bytes in ((threads, 0), (threads, 0), (1, 0), (2, 0), (2, 40 * 40 * 4), (3, 8 * 8 * 4)):
             torch.set_num_threads(num_threads)
-            monkeypatch.setattr(tile_topk, "SCORE_TILE_BYTES", tile_bytes)
+            monkeypatch.setitem(TUNING, "score_tile_bytes", tile_bytes)
             results.append(run())
     finally:
         torch.set_num_threads(threads)

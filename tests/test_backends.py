@@ -91,6 +91,24 @@ def test_automatic_fallback_warns_once_with_the_reason(monkeypatch):
         mmrec_fast.propagate(graph, x, 2)  # the second fallback is silent: it was said once
 
 
+def test_a_backend_limit_is_a_reason_like_any_other(monkeypatch):
+    """OpSupport.limits (Triton's k limit in topk_scores and knn): within the limit the backend runs; past it a
+    requested backend is a BackendUnavailable naming the limit, an automatic choice falls back with the warning."""
+    if not mmrec_fast.available()["native"]:
+        pytest.skip("the native extension is not built")
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(backends, "OPS", dict(backends.OPS))  # the probe op stays out of the real registry
+    op = backends.OpSupport("probe", dtypes={("native", "cpu"): (torch.float32,), ("reference", "cpu"): (torch.float32,)},
+                            limits={"native": lambda k: None if k <= 4 else f"at most 4, got k={k}"})  # fmt: skip
+    x = torch.zeros(1)
+    assert backends.resolve(op, x, k=4) == "native"
+    with pytest.warns(RuntimeWarning, match="using the reference backend .* native: at most 4, got k=5"):
+        assert backends.resolve(op, x, k=5) == "reference"
+    with pytest.raises(backends.BackendUnavailable, match="backend 'native' cannot run here: at most 4, got k=9"):
+        backends.resolve(op, x, "native", k=9)
+
+
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     from mmrec_fast import kernels
 

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 import mmrec_fast
 from mmrec_fast import Graph, backends
-from mmrec_fast.ops import tile_topk
+from mmrec_fast.ops.topk_scores import TUNING as TILE_TUNING
 from mmrec_fast.ops.info_nce import min_temperature
 from mmrec_fast.ops.propagate import combine_weights
 from mmrec_fast.reference.knn import normalize_rows
@@ -76,12 +76,13 @@ def threads(count: int):
 
 @contextlib.contextmanager
 def tile_bytes(budget: int):
-    previous = tile_topk.SCORE_TILE_BYTES
-    tile_topk.SCORE_TILE_BYTES = budget
+    previous = dict(TILE_TUNING)
+    TILE_TUNING["score_tile_bytes"] = budget
     try:
         yield
     finally:
-        tile_topk.SCORE_TILE_BYTES = previous
+        TILE_TUNING.clear()
+        TILE_TUNING.update(previous)
 
 
 def assert_within(actual: torch.Tensor, gold: torch.Tensor, tol: float, what: str) -> None:

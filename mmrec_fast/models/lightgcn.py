@@ -41,7 +41,7 @@ class LightGCN(Recommender):
     ops = ("propagate",)
     #: MMRec's LightGCN grid: n_layers x reg_weight, 20 settings (its reg_weight is on EmbLoss norms; ``l2="norms"``)
     search_space = {"num_layers": ("1", "2", "3", "4"), "reg_weight": ("1e-2", "1e-3", "1e-4", "1e-5", "1e-6")}
-    search_space_source = "enoche/MMRec src/configs/model/LightGCNTorch.yaml (commit f29d2deb)"
+    search_space_source = "enoche/MMRec src/configs/model/LightGCN.yaml (commit e775373b)"
 
     @dataclass(frozen=True)
     class Config(ModelConfig):

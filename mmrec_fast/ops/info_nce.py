@@ -28,6 +28,7 @@ from typing import Optional, Union
 import torch
 
 from .. import _native, backends, reference
+from ..backends import accumulation_dtype
 
 SUPPORT = backends.OpSupport(
     "info_nce",
@@ -59,10 +60,6 @@ def min_temperature(dtype: torch.dtype) -> float:
 _FORWARD_TRITON = "mmrec_fast::info_nce_triton"
 _BACKWARD_TRITON = "mmrec_fast::info_nce_backward_triton"
 _FUSED_TRITON = "mmrec_fast::info_nce_fused_triton"
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.custom_op(_FORWARD_TRITON, mutates_args=())

@@ -6,8 +6,9 @@ Backends of ``knn``:
 * native (CPU, csrc/cpu/knn.cpp on the tile-and-select machinery of csrc/common/tile_topk.h shared with
   topk_scores): symmetric blocked GEMM (only the block pairs I <= J; each score feeds the top-k of both its row
   and its column) with per-row sorted running top-k, lock-free round-robin schedule over the block pairs.
-* triton (kernels/topk_scores.py, the kernel of topk_scores with queries = keys and the diagonal optionally left
-  out): serves CUDA tensors (there is no native CUDA kernel for this op); it computes all N^2 scores.
+* triton (kernels/knn.py: the kernel of topk_scores, kernels/topk_scores.py, with queries = keys and the diagonal
+  optionally left out): serves CUDA tensors (there is no native CUDA kernel for this op); it computes all N^2
+  scores.
 
 Every backend selects among the products of the same normalised rows (:func:`mmrec_fast.reference.knn.normalize_rows`)
 in float32 (float64 for float64 inputs). ``knn_graph`` is plain PyTorch on top of ``knn`` (O(N k) work) and builds a
@@ -22,9 +23,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import _native, backends, reference
-from ..graph import Graph, _degree_scale
+from ..graph import Graph, degree_scale
 from ..reference.knn import normalize_rows
-from . import tile_topk
+from .topk_scores import score_tile_bytes, triton_k_limit
 
 SUPPORT = backends.OpSupport(
     "knn",
@@ -36,7 +37,24 @@ SUPPORT = backends.OpSupport(
         ("triton", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
     },
     preference={"cpu": ("native", "reference"), "cuda": ("triton", "reference")},
+    limits={"triton": triton_k_limit},
 )
+
+_TRITON_OP = "mmrec_fast::knn_triton"
+
+
+@torch.library.custom_op(_TRITON_OP, mutates_args=())
+def _knn_triton(x_hat: torch.Tensor, k: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from mmrec_fast.kernels import knn as triton_knn
+
+    return triton_knn.knn(x_hat, k, exclude_self)
+
+
+@torch.library.register_fake(_TRITON_OP)
+def _knn_triton_fake(x_hat, k, exclude_self):
+    shape = (x_hat.shape[0], k)
+    return x_hat.new_empty(shape, dtype=torch.float32), x_hat.new_empty(shape, dtype=torch.int64)
+
 
 EDGE_WEIGHTS = ("binary", "cosine")
 KNN_GRAPH_NORMS = ("sym", "rw", None)
@@ -94,16 +112,14 @@ def knn(
     """
     _check_features("knn", "x", x)
     k = _check_k("knn", k, x.shape[0], bool(exclude_self))
-    chosen = backends.resolve(SUPPORT, x, backend)
-    if chosen == "triton":
-        chosen = tile_topk.triton_k_limit("knn", k, backend)
+    chosen = backends.resolve(SUPPORT, x, backend, k=k)
     with torch.no_grad():
         if chosen == "reference":
             return reference.knn(x, k, bool(exclude_self))
         x_hat = normalize_rows(x.detach()).contiguous()
         if chosen == "native":
-            return torch.ops.mmrec_fast.knn(x_hat, k, bool(exclude_self), tile_topk.SCORE_TILE_BYTES)
-        return torch.ops.mmrec_fast.topk_scores_triton(x_hat, x_hat, k, None, None, bool(exclude_self))
+            return torch.ops.mmrec_fast.knn(x_hat, k, bool(exclude_self), score_tile_bytes())
+        return torch.ops.mmrec_fast.knn_triton(x_hat, k, bool(exclude_self))
 
 
 def knn_graph(
@@ -215,10 +231,10 @@ def knn_graph(
             value = similarity.reshape(-1).to(torch.float64)
         degree = value.view(n, k).sum(dim=1)  # row sums: every row of A_m has exactly k entries
         if norm == "sym":
-            scale = _degree_scale(degree, 0.5, eps, "row")
+            scale = degree_scale(degree, 0.5, eps, "row")
             value = scale[rows] * value * scale[cols]
         elif norm == "rw":
-            value = _degree_scale(degree, 1.0, eps, "row")[rows] * value
+            value = degree_scale(degree, 1.0, eps, "row")[rows] * value
         all_rows.append(rows)
         all_cols.append(cols)
         all_values.append(weight * value)

@@ -28,9 +28,29 @@ from typing import Optional, Union
 import torch
 
 from .. import _native, backends, reference
+from ..backends import accumulation_dtype
 from ..graph import Graph
-from ..reference.knn import accumulation_dtype
-from . import tile_topk
+
+#: Tuning of the native CPU kernels of topk_scores and knn (both are schedules of csrc/common/tile_topk.h), read
+#: at every call, as the Triton kernels read ``mmrec_fast.kernels.<op>.TUNING``: "score_tile_bytes", the
+#: per-thread budget of the score tile (absent or 0: the kernels' default, 256 KiB, a 256 x 256 float32 tile that
+#: shares a 512 KiB L2 with the panels it streams; the tile edge is the largest multiple of 8 whose square tile
+#: fits). Tests lower it to run many tiles on small inputs; results do not depend on it.
+TUNING: dict = {}
+
+
+def score_tile_bytes() -> int:
+    """The native kernels' score-tile budget (TUNING["score_tile_bytes"], 0: their default)."""
+    return int(TUNING.get("score_tile_bytes", 0))
+
+
+def triton_k_limit(k: int) -> str | None:
+    """Why the Triton kernel cannot take ``k`` (it keeps the running top-k in registers), or None: the Triton
+    backend's limit in the support tables of topk_scores and knn."""
+    from mmrec_fast.kernels.topk_scores import MAX_K
+
+    return None if k <= MAX_K else f"the Triton kernel keeps at most {MAX_K} candidates per row in registers, got k={k}"
+
 
 SUPPORT = backends.OpSupport(
     "topk_scores",
@@ -42,7 +62,26 @@ SUPPORT = backends.OpSupport(
         ("triton", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
     },
     preference={"cpu": ("native", "reference"), "cuda": ("triton", "reference")},
+    limits={"triton": triton_k_limit},
 )
+
+_TRITON_OP = "mmrec_fast::topk_scores_triton"
+
+
+@torch.library.custom_op(_TRITON_OP, mutates_args=())
+def _topk_scores_triton(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_rowptr: Optional[torch.Tensor],
+    exclude_col: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    from mmrec_fast.kernels import topk_scores as triton_topk_scores
+
+    return triton_topk_scores.topk_scores(queries, keys, k, exclude_rowptr, exclude_col, False)
+
+
+@torch.library.register_fake(_TRITON_OP)
+def _topk_scores_triton_fake(queries, keys, k, exclude_rowptr, exclude_col):
+    shape = (queries.shape[0], k)
+    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)
 
 
 def _register_native() -> None:
@@ -142,10 +181,8 @@ def topk_scores(
     graph = _exclusion_graph(exclude, (queries.shape[0], keys.shape[0]))
     if graph is not None and graph.device != queries.device:
         raise ValueError(f"topk_scores: exclude is on {graph.device} but queries are on {queries.device}")
-    chosen = backends.resolve(SUPPORT, queries, backend)
     k = int(k)
-    if chosen == "triton":
-        chosen = tile_topk.triton_k_limit("topk_scores", k, backend)
+    chosen = backends.resolve(SUPPORT, queries, backend, k=k)
     with torch.no_grad():
         if chosen == "reference":
             return reference.topk_scores(queries, keys, k, graph)
@@ -153,5 +190,5 @@ def topk_scores(
         queries, keys = queries.detach().to(acc).contiguous(), keys.detach().to(acc).contiguous()
         rowptr, col = exclusion_csr(graph) if graph is not None else (None, None)
         if chosen == "native":
-            return torch.ops.mmrec_fast.topk_scores(queries, keys, k, rowptr, col, tile_topk.SCORE_TILE_BYTES)
-        return torch.ops.mmrec_fast.topk_scores_triton(queries, keys, k, rowptr, col, False)
+            return torch.ops.mmrec_fast.topk_scores(queries, keys, k, rowptr, col, score_tile_bytes())
+        return torch.ops.mmrec_fast.topk_scores_triton(queries, keys, k, rowptr, col)

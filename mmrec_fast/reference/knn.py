@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import torch
 
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, else float32: the dtype scores are computed and selected in."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..backends import accumulation_dtype
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backends import accumulation_dtype
 from ..graph import Graph
 
 
@@ -17,7 +18,7 @@ def topk_scores(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: Grap
 
     Returns (values (Q, k) in the accumulation dtype (float64 for float64 inputs, else float32),
     indices (Q, k) int64)."""
-    acc = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(queries.dtype)
     scores = queries.to(acc) @ keys.to(acc).T
     if exclude is not None:
         row, col, _ = exclude.coo()
