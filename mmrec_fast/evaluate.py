@@ -28,6 +28,7 @@ from .backends import accumulation_dtype
 from .data.dataset import SPLITS, Dataset, Interactions
 from .graph import Graph
 from .ops import topk_scores
+from .reference.topk_scores import rank_scores
 
 DEFAULT_KS = (5, 10, 20, 50)
 METRICS = ("recall", "ndcg", "precision", "map")
@@ -200,12 +201,7 @@ class _Ranker:
         scores = self.scores(users).detach()
         if scores.dim() != 2 or scores.shape[0] != users.numel():
             raise ValueError(f"evaluate: the score function gave shape {tuple(scores.shape)} for {users.numel()} users")
-        scores = scores.to(accumulation_dtype(scores.dtype), copy=True)
-        if exclude is not None:
-            row, col, _ = exclude.to(scores.device).coo()
-            scores[row, col] = float("-inf")
-        values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
-        return indices[:, :k].masked_fill(values[:, :k] == float("-inf"), -1)
+        return rank_scores(scores.to(accumulation_dtype(scores.dtype), copy=True), k, exclude)[1]
 
     def close(self) -> None:
         if self.was_training:

@@ -19,9 +19,15 @@ def topk_scores(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: Grap
     Returns (values (Q, k) in the accumulation dtype (float64 for float64 inputs, else float32),
     indices (Q, k) int64)."""
     acc = accumulation_dtype(queries.dtype)
-    scores = queries.to(acc) @ keys.to(acc).T
+    return rank_scores(queries.to(acc) @ keys.to(acc).T, k, exclude)
+
+
+def rank_scores(scores: torch.Tensor, k: int, exclude: Graph | None = None):
+    """The ranking rule of every top-k in mmrec_fast, written once: scores (Q, K) (overwritten where excluded) ->
+    (values (Q, k), indices (Q, k) int64): excluded pairs get -inf, each row is sorted by descending score with
+    ties to the lower index (a stable sort), and an index whose value is -inf (fewer than k keys left) is -1."""
     if exclude is not None:
-        row, col, _ = exclude.coo()
+        row, col, _ = exclude.to(scores.device).coo()
         scores[row, col] = float("-inf")
     values, indices = torch.sort(scores, dim=1, descending=True, stable=True)
     values, indices = values[:, :k], indices[:, :k]
