@@ -75,6 +75,19 @@ def _dataset(args):
     return data.load(args.data, format=args.format)
 
 
+def _threads_and_dataset(args):
+    """Apply --threads, load the dataset of --data (or the synthetic one) and print it with the loader's notes."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dataset = _dataset(args)
+    print(dataset, flush=True)
+    for note in dataset.notes:
+        print(f"note: {note}", flush=True)
+    return dataset
+
+
 def _metric_table(metrics: dict[str, float]) -> str:
     """Rows = metrics, columns = cut-offs, from {"recall@20": ...}."""
     names = list(dict.fromkeys(key.split("@")[0] for key in metrics))
@@ -109,14 +122,7 @@ def _run_spec(args, cls):
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None and name != "seed"}
     device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
     _check_eval_backend(overrides.get("eval_backend"), device)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    dataset = _dataset(args)
-    print(dataset, flush=True)
-    for note in dataset.notes:
-        print(f"note: {note}", flush=True)
+    dataset = _threads_and_dataset(args)
     return RunSpec(cls, dataset, _assignments(args.set), overrides, backend=args.backend, device=device,
                    verbose=getattr(args, "verbose", True), progress=not args.no_progress)  # fmt: skip
 
@@ -183,14 +189,7 @@ def cmd_train(args) -> int:
     device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
     config = TrainConfig.for_model(cls, **overrides, device=device, out_dir=args.out, progress=not args.no_progress)
     _check_eval_backend(config.eval_backend, device)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    dataset = _dataset(args)
-    print(dataset, flush=True)
-    for note in dataset.notes:
-        print(f"note: {note}", flush=True)
+    dataset = _threads_and_dataset(args)
     seed_everything(config.seed)
     model = cls(dataset, model_config, backend=args.backend)
     model.check_backend(device)
