@@ -4,7 +4,7 @@
 # time limit and the script goes on after a failure, so one call brings back everything it got to.
 #
 #   bash benchmarks/gpu_session.sh [steps]     steps: any of build tests profile tune bench-propagate
-#                                              bench-info_nce bench-knn (default: all but profile and tune)
+#                                              bench-info_nce bench-knn bench-topk_scores (default: all but profile and tune)
 #   TESTS_K=<pytest -k expression>             which tests (default: cuda, every GPU test)
 #   BENCH_K=<pytest -k expression>             which benchmarks (default: all)
 #   TUNE_OPS=<ops>                             which sweeps of tune_gpu.py (default: all)
@@ -17,7 +17,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
-STEPS="${*:-build tests bench-propagate bench-info_nce bench-knn}"
+STEPS="${*:-build tests bench-propagate bench-info_nce bench-knn bench-topk_scores}"
 if [ -z "${MMREC_FAST_DATA:-}" ] && [ -d .gpudata ]; then export MMREC_FAST_DATA="$PWD/.gpudata"; fi
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
