@@ -280,12 +280,11 @@ def _finish_grad_kernel(
 
 
 def _config(x: torch.Tensor) -> dict:
-    """Accumulation dtype, dot precision, block shapes and warps. On a GPU (H100 sweeps, benchmarks/tune_gpu.py,
-    B = 8192 fwd+bwd, benchmarks/results/tune-h100-*.txt): fp32 tiles as 3xTF32 products (tensor cores; 2.9e-7
-    relative error against float64, below exact FMA products' 1.6e-6) run 2.7x-34x faster than exact "ieee"
-    products, whose 64 x 64 tiles were pathologically slow (80 ms at d = 64). With the column splits, 128 x 64
-    tiles on 8 warps (d <= 64: 0.98 ms against 1.14 ms at 64 x 64) and 32 x 32 (d <= 128: 2.72 ms against
-    3.22 ms at 64 x 32) were the fastest; exact products (float64) keep the first sweep's smaller tiles."""
+    """Accumulation dtype, dot precision, block shapes and warps, chosen on a GPU by the sweeps of
+    benchmarks/tune_gpu.py (B = 8192 forward + backward; figures in benchmarks/results/tune-h100-*.txt): fp32 tiles
+    as 3xTF32 products (tensor cores, with an error against float64 below exact FMA products') rather than exact
+    "ieee" products; with the column splits, 128 x 64 tiles on 8 warps for d <= 64 and 32 x 32 for d <= 128;
+    exact products (float64) keep the first sweep's smaller tiles."""
     acc = TL_DTYPES[accumulation_dtype(x.dtype)]
     block_d = max(16, triton.next_power_of_2(x.shape[1]))
     if x.dtype == torch.float64:

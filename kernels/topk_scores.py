@@ -110,10 +110,10 @@ def _topk_scores_kernel(
 
 
 def _launch_config(d: int, k_pad: int) -> dict:
-    """Block shapes, warps and dot precision. On a GPU (H100 sweep, benchmarks/tune_gpu.py, knn N=50,000 d=384
-    k=10): fp32 tiles as 3xTF32 products (tensor cores, error at fp32 level: 4.8e-7 against float64, exact on the
-    dyadic parity features) run 8x faster than exact FMA products ("ieee"), and 128 x 128 tiles beat 32 x 64 ones
-    where the kept keys are few (k <= 16); more kept keys per row need smaller row blocks (registers)."""
+    """Block shapes, warps and dot precision, chosen on a GPU by the sweep of benchmarks/tune_gpu.py (knn N=50,000
+    d=384 k=10; figures in benchmarks/results/tune-h100-*.txt): fp32 tiles as 3xTF32 products (tensor cores, error
+    at fp32 level, exact on the dyadic parity features) rather than exact FMA products ("ieee"), and 128 x 128
+    tiles where the kept keys are few (k <= 16); more kept keys per row need smaller row blocks (registers)."""
     if INTERPRETED:  # the interpreter's cost is per program and per loop step: larger blocks, numpy products
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=min(max(triton.next_power_of_2(d), 16), 512), DOT_PRECISION="ieee")
     if k_pad <= 16:

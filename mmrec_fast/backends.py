@@ -55,7 +55,7 @@ def check_has_data(what: str, t) -> None:
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype every op (and its reference) computes in for inputs of ``dtype``: float64 for float64, else float32
-    (float16 / bfloat16 are upcast; DESIGN.md's accumulation rule, written here once)."""
+    (float16 / bfloat16 are upcast); the rule is written here once."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

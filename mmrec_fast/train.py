@@ -68,9 +68,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"  # "adam" | "adamw"
-    # torch's fused Adam / AdamW: one pass over each tensor instead of a dozen (the same update up to rounding);
-    # 13x faster a step on 7,050 x 4,096 trainable features (FREEDOM on Baby), so models with large tables default
-    # to it; off by default elsewhere (the for-each form is what the published runs used)
+    # torch's fused Adam / AdamW: one pass over each tensor instead of a dozen (the same update up to rounding;
+    # much faster on large trainable tables, e.g. FREEDOM's 7,050 x 4,096 features, so models with large tables
+    # default to it); off by default elsewhere (the for-each form is what the published runs used)
     fused_optimizer: bool = False
     negatives: str = "all"  # BPR negatives drawn from "all" items or "train_items" (MMRec's pool)
     valid_metric: str = "recall@20"

@@ -22,14 +22,8 @@
 //    order: results are bitwise identical run to run and for any number of threads.
 //  * All three products go through tile_gemm.h instead of a BLAS call per tile: its operands are packed once per
 //    call (x and y by rows and by columns) and dL^T once per tile, where MKL's sgemm repacked both operands of
-//    every tile product (its copy routines took ~18% of the forward + backward, its kernel ~48%). Measured with
-//    the SLMRec form, float32, forward + backward, 2 threads on the 2-core Zen 4 VM (2026-11-22; medians of
-//    benchmarks/bench_info_nce.py, the MKL build and this one run alternately, two rounds each,
-//    benchmarks/results/info_nce-ab-zen4-2026-11-22.txt): B = 8192, d = 64: fused 241-251 ms vs 250-279 ms,
-//    recompute 237-243 vs 300-305; MENTOR (B = 19,445, d = 128): fused 1.73-2.22 s vs 2.05-2.24 s, recompute
-//    2.38-2.50 s vs 2.60-3.02 s; B = 1024: fused 3.9-4.1 ms vs 4.4-4.5 ms. perf of the fused B = 8192 call: the
-//    three products ~75% of its time (~105 GFLOP/s a core, near the AVX2 FMA peak), the exp / log-sum-exp pass
-//    ~14%, packing dL^T ~7%.
+//    every tile product, a copy per tile (the A/B comparison against an MKL build and the profile are in
+//    benchmarks/results/info_nce-ab-zen4-2026-11-22.txt).
 //  * Gradient in the forward (info_nce_fused), used for reductions "mean"/"sum" when the inputs need a gradient
 //    (upstream weights uniform, so the gradient is known up to the scalar grad_output): the row log-sum-exps are
 //    final once a task has seen its rows' whole strip, and with a fixed shift (below) dL_ij = alpha_i E_ij -
@@ -38,11 +32,10 @@
 //    dY += E^T (alpha X_I), the one product that needs the final alpha. 3 GEMMs and 1 exp per logit for forward
 //    + backward, against 4 GEMMs and 2 exps for a forward that saves log-sum-exps and a backward that recomputes
 //    (used for reduction "none", whose per-row upstream is unknown in the forward). Raw logits (no fixed shift)
-//    keep the strip of exp(logit - running max) and form dL from it at the end. Measured as above (fused vs
-//    recompute in the same runs): B = 8192: 241-251 ms vs 237-243 ms (a tie at this size); MENTOR: 1.73-2.22 s vs
-//    2.38-2.50 s; B = 1024: 3.9-4.1 ms vs 4.1-5.5 ms. Symmetric losses need the column log-sum-exps before any
-//    gradient, so they run the statistics pass, then the gradient pass (no strip).
-//  * Fixed shift (the fixed-max trick, KERNEL_ANCHORS.md section 2): normalised rows bound every logit by s, so
+//    keep the strip of exp(logit - running max) and form dL from it at the end (fused against recompute: the same
+//    results file). Symmetric losses need the column log-sum-exps before any gradient, so they run the
+//    statistics pass, then the gradient pass (no strip).
+//  * Fixed shift (the fixed-max trick of fused softmax kernels): normalised rows bound every logit by s, so
 //    with t >= 0.025 (float32) every tile is exponentiated as exp(logit - s) with no running max; a symmetric
 //    statistics pass sums the same exps down the columns (one exp per logit for both directions). Raw logits and
 //    smaller t use the running max (per row; per column and group for symmetric).
@@ -269,7 +262,7 @@ struct Problem {
   bool symmetric, intra;
   int64_t groups;
   int64_t chunk;  // columns of a tile
-  // Normalised rows bound every logit by s (the fixed-max trick, KERNEL_ANCHORS.md section 2): exponentiating
+  // Normalised rows bound every logit by s (the fixed-max trick): exponentiating
   // with the constant shift s needs no running max, and a term is at least exp(-2 s), so this holds while exp(-2 s)
   // stays a normal number (s <= 40 in float32, t >= 0.025; s <= 300 in float64). Zero rows give logit 0 <= s.
   bool fixed_shift;

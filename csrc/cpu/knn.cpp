@@ -4,7 +4,7 @@
 // What it fuses and what it follows:
 //  * Tile-and-select (tile_topk.h, shared with topk_scores): packed register-blocked GEMM tiles, each scanned at
 //    once into the per-row running top-k; only one (T x T) score tile per thread exists at a time.
-//  * Symmetry (KERNEL_ANCHORS.md section 3; FAISS, RAFT/cuVS and torch mm + topk all compute the full N^2):
+//  * Symmetry (FAISS, RAFT/cuVS and torch mm + topk all compute the full N^2):
 //    s(i, j) = s(j, i) bitwise (one FMA chain per score, tile_topk.h), so only the block pairs I <= J are
 //    computed. An off-diagonal tile offers each score to its row and to its column, a diagonal tile to its rows:
 //    (B + 1) / (2B) of the multiply-adds of the full product for B blocks.

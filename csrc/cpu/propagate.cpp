@@ -13,7 +13,7 @@
 //    so the layers and their weighted sum are one chain of steps: no stack of layer outputs, and the backward
 //    (the same chain through M^T) saves no activations.
 //  * Intermediate buffers hold u = right * h, pre-scaled, so a step is an unweighted gather-sum over W when W is
-//    binary (the "no weights array" form, KERNEL_ANCHORS.md section 1, technique 4) and the epilogue is
+//    binary (no weights array to read: the values live in the scales) and the epilogue is
 //        u_k,i = (left*right)_i s_i + w_k right_i x_i     (intermediate steps)
 //        out_i = left_i s_i + w_0 x_i                      (last step),     s_i = sum_e W_ie u_{k+1, col_e}.
 //    The first step gathers x itself with a per-source scale w_L right_j (a vector that stays in cache), so u_L

@@ -75,7 +75,7 @@ they rebuild them from their lists of (user, item) pairs if ``idx % T == 0 and i
 (L378-397), else they append each batch user's k = int(I * m_topk_rate) most similar items of S_m (L399-405). With
 the defaults T = 1 and m_topk_rate = 1e-4, k = int(0.67) = 0 on TikTok and int(0.71) = 0 on Baby: the lists stay
 empty, the graphs are ui / iu for the first two batches of the first epoch and have no entries from then on, in
-training and evaluation alike (REFERENCE_MODELS.md finding 1). Then v_m = 0, z = 0, u_0 = E_U, and "cl" is the
+training and evaluation alike. Then v_m = 0, z = 0, u_0 = E_U, and "cl" is the
 constant log(2B - 1) without gradient. With T = 1 even k > 0 gives a graph only at batch 2 of each epoch (built at
 batch 1 from batch 0's pairs, replaced at batch 2 by an empty one). ``augment="authors"`` (default) is this
 schedule for any T and k, including the authors' pairing: their user list is tiled k times, ``users.repeat(1, k)``,

@@ -179,7 +179,7 @@ def knn_graph(
 
     Deliberate difference: the references compute x / ||x|| with no epsilon, so an all-zero feature row (an item
     without features) gives a NaN row of similarities, ``torch.topk`` ranks NaN above everything, and that item
-    becomes a neighbour of every item (REFERENCE_MODELS.md section 6.3). Here a zero row has similarity 0 to all
+    becomes a neighbour of every item (FREEDOM's and MENTOR's ``build_sim`` / ``build_knn_neighbourhood``). Here a zero row has similarity 0 to all
     items: it is nobody's special neighbour, and its own neighbours are the k lowest-indexed items with its best
     similarity 0 (all items tie at 0); with cosine edges its row is then zero.
     """
