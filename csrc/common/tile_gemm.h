@@ -14,16 +14,15 @@
 // A read in place from a row-major tile (row_stride = ld, depth_stride = 1: dX += dL Y in info_nce), and a tile
 // packed transposed (pack_transposed: dY += dL^T X). B is always packed, once per call for the (n, d) inputs
 // (pack_rows, pack_columns) and per tile only for dL^T, so no operand is repacked per product as a BLAS call on
-// each tile does (MKL's sgemm spent ~18% of the info_nce forward + backward in its copy routines).
+// each tile does.
 //
 // Every element of C is ONE fused multiply-add chain over k in order (kc blocking stores and reloads the
 // accumulator without extra rounding), whatever the tile, the position, the thread or the tile size: results are
 // bitwise reproducible run to run and across thread counts; s(i, j) = s(j, i) for the score tiles of knn.
 //
-// Measured (one thread, the 2-core Zen 4 VM of 2026-11-22, float32, B = 8192, d = 64, 256-row tiles): logit tile
-// X_I Y_J^T 90-107 GFLOP/s, dX_I += dL Y_J 88-105, dY_J += dL^T X_I with its transposed pack 90-93, against MKL
-// sgemm on the same shapes 67-72 (its packing included). Every pointer handed to the vector loads and stores is
-// 32-byte aligned (packed buffers and tiles come from at::empty; their offsets are whole panels).
+// Its rates against MKL's sgemm on the same shapes are in benchmarks/results/info_nce-ab-zen4-2026-11-22.txt.
+// Every pointer handed to the vector loads and stores is 32-byte aligned (packed buffers and tiles come from
+// at::empty; their offsets are whole panels).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,17 +35,16 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "simd.h"
+
 namespace mmrec_fast {
 namespace tile_gemm {
 
-// GCC/Clang vectors of 256 bits (AVX2 with -march=x86-64-v3, pairs of SSE registers otherwise).
-typedef float Float8 __attribute__((vector_size(32), aligned(32)));
-typedef double Double4 __attribute__((vector_size(32), aligned(32)));
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { using type = Float8; };
-template <> struct VecOf<double> { using type = Double4; };
+// The aligned 256-bit vectors of simd.h (packed panels and accumulators are 32-byte aligned).
+typedef simd::AlignedFloat8 Float8;
+typedef simd::AlignedDouble4 Double4;
 template <typename T>
-using Vec = typename VecOf<T>::type;
+using Vec = simd::AlignedVec<T>;
 
 // Columns per packed panel: one vector.
 template <typename T>

@@ -49,6 +49,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../common/simd.h"
 #include "../common/tile_gemm.h"
 
 #include <algorithm>
@@ -79,11 +80,11 @@ constexpr int64_t kPartialBytes = 64 << 20;         // all groups' (B, d) partia
 constexpr int64_t kMaxGroups = 8;
 constexpr double kNormEps = 1e-12;                  // F.normalize's default eps
 
-// ---- 256-bit vectors (GCC/Clang vector extensions; lowered to AVX2 with -march=x86-64-v3, to SSE pairs otherwise)
-typedef float Float8 __attribute__((vector_size(32), aligned(4), may_alias));
-typedef double Double4 __attribute__((vector_size(32), aligned(8), may_alias));
-typedef int32_t Int8 __attribute__((vector_size(32)));
-typedef int64_t Long4 __attribute__((vector_size(32)));
+// ---- 256-bit vectors (csrc/common/simd.h: unaligned rows, and the masks of the exp's range reduction)
+using simd::Double4;
+using simd::Float8;
+using simd::Int8;
+using simd::Long4;
 
 template <typename T> struct Simd;
 

@@ -31,6 +31,7 @@
 #include <torch/library.h>
 
 #include "../common/propagate_chain.h"
+#include "../common/simd.h"
 
 #include <algorithm>
 #include <mutex>
@@ -60,16 +61,8 @@ struct PropagateStep {
   int64_t d;
 };
 
-// GCC/Clang vector of 256 bits; the compiler lowers it to AVX2 (-march=x86-64-v3) or to pairs of SSE registers.
-// (Explicit typedefs: GCC drops vector attributes on dependent types in alias templates.)
-typedef float Float8 __attribute__((vector_size(32), aligned(4), may_alias));
-typedef double Double4 __attribute__((vector_size(32), aligned(8), may_alias));
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { using type = Float8; };
-template <> struct VecOf<double> { using type = Double4; };
-template <typename T>
-using Vec = typename VecOf<T>::type;
-static_assert(sizeof(Vec<float>) == 32 && sizeof(Vec<double>) == 32, "256-bit vectors");
+// The unaligned 256-bit vectors of csrc/common/simd.h.
+using simd::Vec;
 
 // Unaligned loads and stores (the vector types are declared with element alignment and may_alias).
 template <typename T>
