@@ -409,8 +409,186 @@ void statistics(const Problem<T>& p, T* lse_a, T* lse_b) {
 }
 
 // ---- gradient pass: dX, dY of sum_i g_i loss_i with respect to the (normalised) rows, times 1/s (the caller
-// scales). With lse_known the log-sum-exps are inputs and each tile is recomputed; without (one-way only) the
-// task keeps its row strips and writes lse_a itself.
+// scales). Three ways to run a row block, one function each below: with the log-sum-exps known, each tile is
+// recomputed and its dL formed from them (gradient_recompute); without (one-way losses: the fused forward), the
+// block's strips are walked once, keeping E^T of a fixed-shift strip (gradient_fused_fixed_shift) or the whole
+// strip of raw logits (gradient_fused_raw), and lse_a is written on the way.
+
+// One row block I = [i0, i1) of the gradient pass, in one group g: where its gradients go and the two steps every
+// path shares (form a dL tile, and the GEMMs of a dL tile).
+template <typename T>
+struct GradientBlock {
+  using S = Simd<T>;
+  using V = typename S::V;
+  static constexpr int64_t G = tile_gemm::kGroup<T>;
+
+  const Problem<T>& p;
+  const std::vector<Pair>& pairs;
+  const T* g_rows;      // (B,) upstream weights
+  T* lse_a;             // (B,) written by the fused paths
+  const T* lse_b;       // (B,) column statistics (symmetric)
+  const T* gb_cols;     // (B,) padded: w_b * g_j (symmetric)
+  const T* lse_b_cols;  // (B,) padded: lse_b_j (symmetric)
+  T w_a, w_b;           // weights of the a->b and b->a directions
+  int64_t i0, i1, br, ld;
+  T* dx_rows;  // dX_I, owned by this block
+  T* dy_rows;  // dY_I of intra-view BB tiles, owned by this block (or null)
+  T* gx;       // the group's column part of dX (intra-view AA tiles; or null)
+  T* gy;       // the group's column part of dY
+  at::Tensor transposed;  // a chunk of dL^T, packed (for accumulate)
+
+  // dX_I += dL Y_J into the rows the block owns, and dY_J += dL^T (scale X_I) into the group's column part, a chunk
+  // of dL^T packed at a time (dl: the dL tile's column 0, leading dimension ld, columns [j0, j0 + bc); scale: per
+  // row of the tile, or null for 1).
+  void accumulate(Pair pair, int64_t j0, int64_t bc, const T* dl, const T* scale) const {
+    const int64_t B = p.B, dp = p.dp;
+    const T* others = (pair == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
+    const T* rows = (pair == Pair::BB ? p.columns_y : p.columns_x).template data_ptr<T>();
+    T* row_grad = pair == Pair::BB ? dy_rows : dx_rows;
+    T* col_grad = pair == Pair::AA ? gx : gy;
+    tile_gemm::gemm_rows(dl, ld, br, bc, others + j0 * G, B * G, dp / G, row_grad, dp, true);
+    for (int64_t c0 = 0; c0 < bc; c0 += p.chunk) {
+      const int64_t cc = std::min(p.chunk, bc - c0);
+      tile_gemm::pack_transposed(dl + c0, ld, br, cc, scale, transposed.data_ptr<T>());
+      tile_gemm::gemm_transposed(transposed.data_ptr<T>(), cc, br, rows + i0 * G, B * G, dp / G,
+                                 col_grad + (j0 + c0) * dp, dp, true);
+    }
+  }
+
+  // dL in place, from the raw tile t (factor null: lse known) or from the strip's exp(s x.y - shift) values times
+  // factor_i.
+  void form_dl(Pair pair, int64_t j0, int64_t bc, T* t, const T* factor) const {
+    const V lanes = S::lane_index();
+    for (int64_t i = i0; i < i1; ++i) {
+      T* row = t + (i - i0) * ld;
+      const T gi = g_rows[i];
+      const T coef_row = (pair == Pair::BB ? w_b : w_a) * gi;
+      const T shift = pair == Pair::BB ? lse_b[i] : lse_a[i];
+      const V vfactor = V{} + (factor ? factor[i - i0] * coef_row : coef_row);
+      for (int64_t j = 0; j < bc; j += S::kLanes) {
+        const V v = load(row + j);
+        V out = factor ? v * vfactor : S::exp(v * p.s - shift) * vfactor;
+        if (pair == Pair::AB && p.symmetric) {  // the b->a direction: column statistics
+          out += S::exp(v * p.s - load(lse_b_cols + j0 + j)) * load(gb_cols + j0 + j);
+        }
+        store(row + j, lanes < T(bc - j) ? out : V{});
+      }
+      if (pair == Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] -= (w_a + w_b) * gi;  // the positive
+      if (pair != Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] = T(0);
+    }
+  }
+};
+
+// The log-sum-exps known: every tile of the block's strips recomputed, window columns at a time, dL formed and
+// accumulated (t: a (rows, ld) tile).
+template <typename T>
+void gradient_recompute(const GradientBlock<T>& block, int64_t window, T* t) {
+  const int64_t B = block.p.B;
+  for (Pair pair : block.pairs) {
+    for (int64_t j0 = 0; j0 < B; j0 += window) {
+      const int64_t bc = std::min(window, B - j0);
+      logit_tile(block.p, pair, block.i0, block.i1, j0, bc, t, block.ld);
+      block.form_dl(pair, j0, bc, t, nullptr);
+      block.accumulate(pair, j0, bc, t, nullptr);
+    }
+  }
+}
+
+// The fused one-way forward with the fixed shift s: E_ij = exp(s x_i.y_j - s), and dL = alpha_i E_ij - coef_i
+// [i == j] with alpha_i = coef_i exp(s - lse_i). So dX_I = alpha (E Y) is accumulated chunk by chunk while the chunk
+// is in L2 (the row scale applied at the end), and E^T is kept, packed, for dY += E^T (alpha X_I), the one product
+// that needs the final alpha (kept_buffer: the running thread's buffer, reused by the blocks it runs).
+template <typename T>
+void gradient_fused_fixed_shift(const GradientBlock<T>& block, int64_t row_block, at::Tensor& kept_buffer) {
+  constexpr int64_t G = tile_gemm::kGroup<T>;
+  const Problem<T>& p = block.p;
+  const int64_t B = p.B, d = p.d, dp = p.dp, i0 = block.i0, br = block.br;
+  const int64_t num_strips = static_cast<int64_t>(block.pairs.size());
+  const int64_t chunks = (B + p.chunk - 1) / p.chunk;
+  const at::TensorOptions options = p.x.options();
+  std::vector<T> m(br, T(kNegInf)), l(br, T(0));
+  const int64_t ldt = tile_ld<T>(p.chunk);
+  at::Tensor tile = at::empty({tile_rows(br), ldt}, options);
+  T* t = tile.data_ptr<T>();
+  // Per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers.
+  const int64_t kept_stride = tile_gemm::round_up(B, tile_gemm::kMicroRows) * row_block;
+  if (!kept_buffer.defined()) kept_buffer = at::empty({num_strips * kept_stride}, options);
+  std::vector<T*> kept;
+  for (int64_t k = 0; k < num_strips; ++k) {
+    kept.push_back(kept_buffer.data_ptr<T>() + k * kept_stride);
+    const T* others = (block.pairs[k] == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+      logit_tile(p, block.pairs[k], i0, block.i1, j0, bc, t, ldt);
+      for (int64_t r = 0; r < br; ++r) row_update(t + r * ldt, bc, p.s, m[r], l[r], true);
+      tile_gemm::gemm_rows(t, ldt, br, bc, others + j0 * G, B * G, dp / G, block.dx_rows, dp, true);
+      tile_gemm::pack_transposed(t, ldt, br, bc, static_cast<const T*>(nullptr), kept[k] + j0 * br);
+    }
+  }
+  std::vector<T> alpha(br);
+  for (int64_t r = 0; r < br; ++r) {
+    block.lse_a[i0 + r] = m[r] + std::log(l[r]);
+    alpha[r] = block.w_a * block.g_rows[i0 + r] * std::exp(p.s - block.lse_a[i0 + r]);
+  }
+  const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * at::from_blob(alpha.data(), {br, 1}, options);
+  const at::Tensor packed_scaled = tile_gemm::pack_columns(scaled_rows.data_ptr<T>(), br, d);
+  for (int64_t k = 0; k < num_strips; ++k) {
+    tile_gemm::gemm_transposed(kept[k], B, br, packed_scaled.data_ptr<T>(), br * G, dp / G,
+                               block.pairs[k] == Pair::AA ? block.gx : block.gy, dp, true);
+  }
+  const T* x = p.x.template data_ptr<T>();
+  const T* y = p.y.template data_ptr<T>();
+  for (int64_t r = 0; r < br; ++r) {  // the row scale of dX_I, and the positives, dL_ii = -coef_i
+    const int64_t i = i0 + r;
+    const T coef = block.w_a * block.g_rows[i];
+    for (int64_t k = 0; k < d; ++k) {
+      block.dx_rows[r * dp + k] = block.dx_rows[r * dp + k] * alpha[r] - coef * y[i * d + k];
+      block.gy[i * dp + k] -= coef * x[i * d + k];
+    }
+  }
+}
+
+// The fused one-way forward on raw logits (or small t): each chunk has its own shift, known per row only as the
+// strip goes, so the whole strip is kept (strips: one (rows, ld) buffer per pair) and dL formed from it once the
+// log-sum-exps are final.
+template <typename T>
+void gradient_fused_raw(const GradientBlock<T>& block, const std::vector<at::Tensor>& strips) {
+  const Problem<T>& p = block.p;
+  const int64_t B = p.B, i0 = block.i0, br = block.br, ld = block.ld;
+  const int64_t num_strips = static_cast<int64_t>(block.pairs.size());
+  const int64_t chunks = (B + p.chunk - 1) / p.chunk;
+  std::vector<T> m(br, T(kNegInf)), l(br, T(0));
+  std::vector<T> shift(br * chunks * num_strips);
+  for (int64_t k = 0; k < num_strips; ++k) {
+    T* t = strips[k].data_ptr<T>();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+      logit_tile(p, block.pairs[k], i0, block.i1, j0, bc, t + j0, ld);
+      for (int64_t r = 0; r < br; ++r) {
+        row_update(t + r * ld + j0, bc, p.s, m[r], l[r], false);
+        shift[(k * chunks + c) * br + r] = m[r];
+      }
+    }
+  }
+  for (int64_t r = 0; r < br; ++r) block.lse_a[i0 + r] = m[r] + std::log(l[r]);
+  std::vector<T> factor(br);
+  for (int64_t k = 0; k < num_strips; ++k) {
+    T* t = strips[k].data_ptr<T>();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
+      for (int64_t r = 0; r < br; ++r) {
+        const T sh = shift[(k * chunks + c) * br + r];
+        factor[r] = sh == T(kNegInf) ? T(0) : std::exp(sh - block.lse_a[i0 + r]);
+      }
+      block.form_dl(block.pairs[k], j0, bc, t + j0, factor.data());
+    }
+    block.accumulate(block.pairs[k], 0, B, t, nullptr);
+  }
+}
+
+// The pass: buffers, the row blocks in their groups (each run by one of the three functions above), and the
+// epilogue that sums the row-owned parts and the groups' column parts in group order. With lse_known the
+// log-sum-exps are inputs; without (one-way only) the blocks write lse_a.
 template <typename T>
 void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bool lse_known, T* dX, T* dY) {
   constexpr int64_t G = tile_gemm::kGroup<T>;
@@ -443,154 +621,28 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
     for (int64_t j = 0; j < B; ++j) { gb_cols[j] = w_b * g_rows[j]; lse_b_cols[j] = lse_b[j]; }
   }
 
-  // The fused forward's kept E^T strips: one buffer per thread, reused by the blocks it runs (a fresh 8 MB
-  // allocation per block cost page faults).
+  // The fused forward's kept E^T strips: one buffer per thread, reused by the blocks it runs (a fresh allocation
+  // per block cost page faults).
   std::vector<at::Tensor> kept_per_thread(at::get_num_threads());
   for_each_group(B, row_block, p.groups, [&](int64_t g, int64_t i0, int64_t i1) {
-    using S = Simd<T>;
-    using V = typename S::V;
     const int64_t br = i1 - i0;
-    // Every path but the fixed-shift fused forward (which keeps E^T itself) forms dL tiles for accumulate below:
-    // in one tile (lse known) or in the strips of the raw-logit fused forward, each with its dL^T scratch.
+    // Every path but the fixed-shift fused forward (which keeps E^T itself) forms dL tiles for accumulate: in one
+    // tile (lse known) or in the strips of the raw-logit fused forward, each with its dL^T scratch.
     const bool accumulates = lse_known || !p.fixed_shift;
-    std::vector<at::Tensor> strips;
-    for (int64_t k = 0; k < (accumulates ? (lse_known ? 1 : num_strips) : 0); ++k) {
-      strips.push_back(at::empty({tile_rows(br), ld}, options));
-    }
-    T* dx_rows = own_x.data_ptr<T>() + i0 * dp;
-    T* dy_rows = has_bb ? own_y.data_ptr<T>() + i0 * dp : nullptr;
-    T* gx = partial_x.defined() ? partial_x.data_ptr<T>() + g * Bp * dp : nullptr;
-    T* gy = partial_y.data_ptr<T>() + g * Bp * dp;
-    at::Tensor transposed =
-        accumulates ? at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options) : at::Tensor();
-    const V lanes = S::lane_index();
-
-    // Gradient GEMMs of a dL tile (dl: its column 0, leading dimension ld) covering columns [j0, j0 + bc):
-    // dX_I += dL Y_J into the rows the task owns, and dY_J += dL^T (scale X_I) into the group's column part, a
-    // chunk of dL^T packed at a time (scale: per row of the tile, or null for 1).
-    auto accumulate = [&](Pair pair, int64_t j0, int64_t bc, const T* dl, const T* scale) {
-      const T* others = (pair == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
-      const T* rows = (pair == Pair::BB ? p.columns_y : p.columns_x).template data_ptr<T>();
-      T* row_grad = pair == Pair::BB ? dy_rows : dx_rows;
-      T* col_grad = pair == Pair::AA ? gx : gy;
-      tile_gemm::gemm_rows(dl, ld, br, bc, others + j0 * G, B * G, dp / G, row_grad, dp, true);
-      for (int64_t c0 = 0; c0 < bc; c0 += p.chunk) {
-        const int64_t cc = std::min(p.chunk, bc - c0);
-        tile_gemm::pack_transposed(dl + c0, ld, br, cc, scale, transposed.data_ptr<T>());
-        tile_gemm::gemm_transposed(transposed.data_ptr<T>(), cc, br, rows + i0 * G, B * G, dp / G,
-                                   col_grad + (j0 + c0) * dp, dp, true);
-      }
-    };
-    // dL in place, from the raw tile (lse known) or from the strip's exp(s x.y - shift) values times factor_i.
-    auto form_dl = [&](Pair pair, int64_t j0, int64_t bc, T* t, const T* factor) {
-      for (int64_t i = i0; i < i1; ++i) {
-        T* row = t + (i - i0) * ld;
-        const T gi = g_rows[i];
-        const T coef_row = (pair == Pair::BB ? w_b : w_a) * gi;
-        const T shift = pair == Pair::BB ? lse_b[i] : lse_a[i];
-        const V vfactor = V{} + (factor ? factor[i - i0] * coef_row : coef_row);
-        for (int64_t j = 0; j < bc; j += S::kLanes) {
-          const V v = load(row + j);
-          V out = factor ? v * vfactor : S::exp(v * p.s - shift) * vfactor;
-          if (pair == Pair::AB && p.symmetric) {  // the b->a direction: column statistics
-            out += S::exp(v * p.s - load(lse_b_cols.data() + j0 + j)) * load(gb_cols.data() + j0 + j);
-          }
-          store(row + j, lanes < T(bc - j) ? out : V{});
-        }
-        if (pair == Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] -= (w_a + w_b) * gi;  // the positive
-        if (pair != Pair::AB && i >= j0 && i < j0 + bc) row[i - j0] = T(0);
-      }
-    };
-
+    const GradientBlock<T> block{
+        p, pairs, g_rows, lse_a, lse_b, gb_cols.data(), lse_b_cols.data(), w_a, w_b, i0, i1, br, ld,
+        own_x.data_ptr<T>() + i0 * dp, has_bb ? own_y.data_ptr<T>() + i0 * dp : nullptr,
+        partial_x.defined() ? partial_x.data_ptr<T>() + g * Bp * dp : nullptr, partial_y.data_ptr<T>() + g * Bp * dp,
+        accumulates ? at::empty({tile_gemm::round_up(p.chunk, tile_gemm::kMicroRows) * br}, options) : at::Tensor()};
     if (lse_known) {
-      T* t = strips[0].data_ptr<T>();
-      for (Pair pair : pairs) {
-        for (int64_t j0 = 0; j0 < B; j0 += window) {
-          const int64_t bc = std::min(window, B - j0);
-          logit_tile(p, pair, i0, i1, j0, bc, t, ld);
-          form_dl(pair, j0, bc, t, nullptr);
-          accumulate(pair, j0, bc, t, nullptr);
-        }
-      }
-      return;
-    }
-    // Fused one-way forward, row block I against all columns, chunk by chunk, with each row's running (max, sum).
-    const int64_t chunks = (B + p.chunk - 1) / p.chunk;
-    std::vector<T> m(br, T(kNegInf)), l(br, T(0));
-    if (p.fixed_shift) {
-      // Every chunk is exponentiated with the shift s: E_ij = exp(s x_i.y_j - s), and dL = alpha_i E_ij - coef_i
-      // [i == j] with alpha_i = coef_i exp(s - lse_i). So dX_I = alpha (E Y) is accumulated chunk by chunk while the
-      // chunk is in L2 (the row scale applied at the end), and E^T is kept, packed for dY += E^T (alpha X_I), the
-      // one product that needs the final alpha.
-      const int64_t ldt = tile_ld<T>(p.chunk);
-      at::Tensor tile = at::empty({tile_rows(br), ldt}, options);
-      T* t = tile.data_ptr<T>();
-      // Per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers, in the running thread's buffer.
-      const int64_t kept_stride = tile_gemm::round_up(B, tile_gemm::kMicroRows) * row_block;
-      at::Tensor& kept_buffer = kept_per_thread[at::get_thread_num()];
-      if (!kept_buffer.defined()) kept_buffer = at::empty({num_strips * kept_stride}, options);
-      std::vector<T*> kept;
-      for (int64_t k = 0; k < num_strips; ++k) {
-        kept.push_back(kept_buffer.data_ptr<T>() + k * kept_stride);
-        const T* others = (pairs[k] == Pair::AA ? p.columns_x : p.columns_y).template data_ptr<T>();
-        for (int64_t c = 0; c < chunks; ++c) {
-          const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
-          logit_tile(p, pairs[k], i0, i1, j0, bc, t, ldt);
-          for (int64_t r = 0; r < br; ++r) row_update(t + r * ldt, bc, p.s, m[r], l[r], true);
-          tile_gemm::gemm_rows(t, ldt, br, bc, others + j0 * G, B * G, dp / G, dx_rows, dp, true);
-          tile_gemm::pack_transposed(t, ldt, br, bc, static_cast<const T*>(nullptr), kept[k] + j0 * br);
-        }
-      }
-      std::vector<T> alpha(br);
-      for (int64_t r = 0; r < br; ++r) {
-        lse_a[i0 + r] = m[r] + std::log(l[r]);
-        alpha[r] = w_a * g_rows[i0 + r] * std::exp(p.s - lse_a[i0 + r]);
-      }
-      const at::Tensor scaled_rows = p.x.narrow(0, i0, br) * at::from_blob(alpha.data(), {br, 1}, options);
-      const at::Tensor packed_scaled = tile_gemm::pack_columns(scaled_rows.data_ptr<T>(), br, d);
-      for (int64_t k = 0; k < num_strips; ++k) {
-        tile_gemm::gemm_transposed(kept[k], B, br, packed_scaled.data_ptr<T>(), br * G, dp / G,
-                                   pairs[k] == Pair::AA ? gx : gy, dp, true);
-      }
-      const T* x = p.x.template data_ptr<T>();
-      const T* y = p.y.template data_ptr<T>();
-      for (int64_t r = 0; r < br; ++r) {  // the row scale of dX_I, and the positives, dL_ii = -coef_i
-        const int64_t i = i0 + r;
-        const T coef = w_a * g_rows[i];
-        for (int64_t k = 0; k < d; ++k) {
-          dx_rows[r * dp + k] = dx_rows[r * dp + k] * alpha[r] - coef * y[i * d + k];
-          gy[i * dp + k] -= coef * x[i * d + k];
-        }
-      }
-      return;
-    }
-    // Otherwise (raw logits, small t) each chunk has its own shift, known per row only as the strip goes: the whole
-    // strip is kept, and dL formed from it once the log-sum-exps are final.
-    std::vector<T> shift(br * chunks * num_strips);
-    for (int64_t k = 0; k < num_strips; ++k) {
-      T* t = strips[k].data_ptr<T>();
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
-        logit_tile(p, pairs[k], i0, i1, j0, bc, t + j0, ld);
-        for (int64_t r = 0; r < br; ++r) {
-          row_update(t + r * ld + j0, bc, p.s, m[r], l[r], false);
-          shift[(k * chunks + c) * br + r] = m[r];
-        }
-      }
-    }
-    for (int64_t r = 0; r < br; ++r) lse_a[i0 + r] = m[r] + std::log(l[r]);
-    std::vector<T> factor(br);
-    for (int64_t k = 0; k < num_strips; ++k) {
-      T* t = strips[k].data_ptr<T>();
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t j0 = c * p.chunk, bc = std::min(p.chunk, B - j0);
-        for (int64_t r = 0; r < br; ++r) {
-          const T sh = shift[(k * chunks + c) * br + r];
-          factor[r] = sh == T(kNegInf) ? T(0) : std::exp(sh - lse_a[i0 + r]);
-        }
-        form_dl(pairs[k], j0, bc, t + j0, factor.data());
-      }
-      accumulate(pairs[k], 0, B, t, nullptr);
+      at::Tensor tile = at::empty({tile_rows(br), ld}, options);
+      gradient_recompute(block, window, tile.data_ptr<T>());
+    } else if (p.fixed_shift) {
+      gradient_fused_fixed_shift(block, row_block, kept_per_thread[at::get_thread_num()]);
+    } else {
+      std::vector<at::Tensor> strips;
+      for (int64_t k = 0; k < num_strips; ++k) strips.push_back(at::empty({tile_rows(br), ld}, options));
+      gradient_fused_raw(block, strips);
     }
   });
 
