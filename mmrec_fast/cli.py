@@ -163,7 +163,8 @@ def cmd_search(args) -> int:
     if grid is None and not cls.search_space:
         raise ValueError(f"{cls.name} has no authors' grid; give --grid name=value,value,...")
     spec = _run_spec(args, cls)
-    summary = search(spec, args.out, grid=grid, sampler=args.sampler, trials=args.trials, seeds=args.seeds, seed=args.seed)
+    summary = search(spec, args.out, grid=grid, sampler=args.sampler, trials=args.trials, seeds=args.seeds, seed=args.seed,
+                     keep_checkpoints=args.keep_checkpoints)  # fmt: skip
     print(f"\n{cls.name}: chosen {', '.join(f'{k}={v}' for k, v in summary['chosen']['setting'].items())}; "
           f"test metrics over seeds {', '.join(map(str, summary['seeds']))} (mean ± sample sd [min, max]):")
     from .search import summary_text
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grid: every setting once; tpe: optuna's TPE over the same values (default: grid)")  # fmt: skip
     search.add_argument("--trials", type=int, help="trials in all, failed ones included (default: the grid's size; tpe needs it)")
     search.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds of the chosen setting's test runs (default: 3)")
+    search.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep every finished trial's last.pt and best.pt (default: a finished trial keeps its run.json "
+                        "only; the chosen setting's seed runs keep theirs)")  # fmt: skip
     search.add_argument("--verbose", action="store_true", help="also print every epoch of every run")
     search.set_defaults(run=cmd_search, no_progress=True)
 

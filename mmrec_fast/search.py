@@ -20,7 +20,8 @@ by the field's type. A model's ``search_space`` is its authors' grid, used when 
 
 The search runs on optuna (an optional dependency: ``pip install optuna``), with its study in
 ``<out>/search.db`` (SQLite): a second call with the same arguments continues it. Every trial trains in
-``<out>/trials/<setting>/`` (run.json, last.pt, best.pt), so a trial cut off by an interruption resumes from its
+``<out>/trials/<setting>/`` (run.json, last.pt, best.pt; the checkpoints are deleted once the trial has finished,
+unless ``keep_checkpoints``), so a trial cut off by an interruption resumes from its
 last epoch; a trial that raises (out of memory, a non-finite loss, ...) is recorded as failed with its error and the
 search goes on. Selection: the highest validation score among the completed trials, ties to the earlier trial.
 The chosen setting's seed runs go to ``<out>/chosen/<setting>/seed_<s>/``; their run.json says under ``search`` which search
@@ -229,7 +230,7 @@ def _run_summary(record: dict) -> dict:
 # -- the search ---------------------------------------------------------------------------------------------------
 def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, sampler: str = "grid",
            trials: int | None = None, seeds: int | list[int] = 3, seed: int | None = None,
-           say: Callable[[str], None] = print) -> dict:  # fmt: skip
+           keep_checkpoints: bool = False, say: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Search ``grid`` (default: the model's ``search_space``, its authors' grid) for ``spec``'s model and data,
     then train the chosen setting over ``seeds`` (a count from ``seed``, or a list) and evaluate those runs on test.
 
@@ -243,6 +244,9 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
         trials: how many trials the search holds in all (counting those of an earlier call), failed ones included.
         seeds: the chosen setting's seeds.
         seed: the seed of every trial's training run and of the TPE sampler (default: the model's training seed).
+        keep_checkpoints: keep each finished trial's last.pt and best.pt (default: a finished trial keeps its
+            run.json only; its checkpoints, needed only to resume it, are deleted; the chosen setting's seed runs
+            always keep theirs).
         say: where progress lines go.
 
     Returns the summary (also ``<out>/summary.json``): the trials, the chosen one and how it was chosen, the seed
@@ -300,6 +304,9 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
             trial.set_user_attr("error", reason)
             say(f"trial {number}: {setting_label(setting)} failed after {time.perf_counter() - start:.0f} s: {reason}")
             raise
+        if not keep_checkpoints:
+            for name in ("last.pt", "best.pt"):
+                (folder / name).unlink(missing_ok=True)
         for key in ("best_epoch", "epochs_run", "median_epoch_seconds"):
             trial.set_user_attr(key, record.get(key))
         trial.set_user_attr("seconds", time.perf_counter() - start)

@@ -91,6 +91,8 @@ def test_selection_uses_validation_and_only_the_chosen_setting_sees_test(dataset
     for trial in summary["trials"]:
         record = json.loads((tmp_path / trial["folder"] / "run.json").read_text())
         assert record["test"] is None and record["finished"]
+        assert not (tmp_path / trial["folder"] / "last.pt").exists()  # a finished trial keeps its run.json only
+    assert (tmp_path / "chosen" / "prefer=valid" / "seed_0" / "best.pt").is_file()
     test_runs = [json.loads((tmp_path / "chosen" / "prefer=valid" / f"seed_{s}" / "run.json").read_text()) for s in summary["seeds"]]
     assert summary["seeds"] == [0, 1]
     assert [r["config"]["seed"] for r in test_runs] == [0, 1]
@@ -105,7 +107,8 @@ def test_selection_uses_validation_and_only_the_chosen_setting_sees_test(dataset
 
 
 def test_ties_go_to_the_earlier_trial(dataset, tmp_path):
-    summary = search(spec(dataset), tmp_path, grid={"noise": ["0", "0.0"]}, seeds=1, say=lambda line: None)
+    summary = search(spec(dataset), tmp_path, grid={"noise": ["0", "0.0"]}, seeds=1, keep_checkpoints=True, say=lambda line: None)
+    assert all((tmp_path / t["folder"] / "best.pt").is_file() for t in summary["trials"])
     first = min(summary["trials"], key=lambda t: t["number"])
     assert summary["trials"][0]["valid"] == summary["trials"][1]["valid"]
     assert summary["chosen"]["trial"] == first["number"]
