@@ -284,6 +284,8 @@ def cmd_models(args) -> int:
         if cls.search_space:
             print("  authors' grid (mmrec-fast search): " + " ".join(f"--grid {k}={','.join(v)}" for k, v in cls.search_space.items())
                   + f"  [{cls.search_space_source}]")  # fmt: skip
+        elif cls.search_space_source:
+            print(f"  authors' grid: {cls.search_space_source}")
         print()
     return 0
 
