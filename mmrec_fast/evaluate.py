@@ -109,6 +109,14 @@ def evaluate(
     Returns:
         {"recall@20": ..., ...}: floats, metric-major in the order of ``metrics`` then ``ks``.
     """
+    relevant, excluded = evaluation_pairs(dataset, split, exclude)
+    return ranking_metrics(model, relevant, dataset.num_items, exclude=excluded, ks=ks, metrics=metrics,
+                           ndcg=ndcg, batch_size=batch_size, backend=backend)  # fmt: skip
+
+
+def evaluation_pairs(dataset: Dataset, split: str, exclude: Sequence[str] = ("train",)) -> tuple[Interactions, Graph | None]:
+    """:func:`evaluate`'s data: (the pairs of ``split``, the (U, I) Graph of the pairs of the ``exclude`` splits
+    or None)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     for name in exclude:
@@ -123,8 +131,7 @@ def evaluate(
         )
     else:
         excluded = None
-    return ranking_metrics(model, dataset.split(split), dataset.num_items, exclude=excluded, ks=ks, metrics=metrics,
-                           ndcg=ndcg, batch_size=batch_size, backend=backend)  # fmt: skip
+    return dataset.split(split), excluded
 
 
 def ranking_metrics(
@@ -141,6 +148,29 @@ def ranking_metrics(
 ) -> dict[str, float]:
     """:func:`evaluate` on explicit data: ``relevant`` pairs (each user's relevant items) and an (U, I)
     ``exclude`` :class:`~mmrec_fast.Graph` of pairs to leave out of the rankings (or None)."""
+    sums, num_users = batch_metric_sums(model, relevant, num_items, exclude=exclude, ks=ks, metrics=metrics,
+                                        ndcg=ndcg, batch_size=batch_size, backend=backend)  # fmt: skip
+    return average_batch_sums(sums, num_users)
+
+
+def batch_metric_sums(
+    model,
+    relevant: Interactions,
+    num_items: int,
+    *,
+    exclude: Graph | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    metrics: Sequence[str] = METRICS,
+    ndcg: str = "mmrec",
+    batch_size: int = 4096,
+    backend: str | None = None,
+    batches: tuple[int, int] = (0, 1),
+) -> tuple[list[tuple[int, dict[str, float]]], int]:
+    """The users of :func:`ranking_metrics` in batches of ``batch_size``, and for the batches b with
+    b % batches[1] == batches[0] (all of them by default; one rank's share in
+    :func:`mmrec_fast.distributed.evaluate`) the sum of each metric over the batch's users.
+
+    Returns ([(b, {"recall@20": sum, ...}), ...], number of users evaluated in all batches)."""
     _check_options(ks, metrics, ndcg)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -153,9 +183,12 @@ def ranking_metrics(
     users, num_relevant = torch.unique_consecutive(truth.users, return_counts=True)
     truth_keys = truth.users * num_items + truth.items  # sorted
     ranker = _Ranker(model, num_items, backend)
-    sums = None
+    sums = []
+    mine, every = batches
     with torch.no_grad():
-        for start in range(0, users.numel(), batch_size):
+        for index, start in enumerate(range(0, users.numel(), batch_size)):
+            if index % every != mine:
+                continue
             batch = users[start:start + batch_size]
             rows = None if exclude is None else _rows_of(exclude, batch)
             top = ranker.top(batch, depth, rows).cpu()  # (B, K) item ids, -1 where nothing is left
@@ -163,10 +196,17 @@ def ranking_metrics(
             position = torch.searchsorted(truth_keys, keys).clamp(max=truth_keys.numel() - 1)
             hits = (truth_keys[position] == keys) & (top >= 0)
             per_user = rank_metrics(hits, num_relevant[start:start + batch_size], ks, metrics, ndcg)
-            batch_sums = {name: float(values.sum()) for name, values in per_user.items()}
-            sums = batch_sums if sums is None else {name: sums[name] + batch_sums[name] for name in sums}
+            sums.append((index, {name: float(values.sum()) for name, values in per_user.items()}))
     ranker.close()
-    return {name: total / users.numel() for name, total in sums.items()}
+    return sums, users.numel()
+
+
+def average_batch_sums(sums: list[tuple[int, dict[str, float]]], num_users: int) -> dict[str, float]:
+    """The metrics from every batch's sums (:func:`batch_metric_sums`), added in batch order."""
+    total = None
+    for _, batch_sums in sorted(sums, key=lambda item: item[0]):
+        total = dict(batch_sums) if total is None else {name: total[name] + batch_sums[name] for name in total}
+    return {name: value / num_users for name, value in total.items()}
 
 
 class _Ranker:

@@ -183,6 +183,14 @@ def knn_graph(
     items: it is nobody's special neighbour, and its own neighbours are the k lowest-indexed items with its best
     similarity 0 (all items tie at 0); with cosine edges its row is then zero.
     """
+    modalities, weights, eps, k = check_knn_graph_args(features, k, weights, include_self, edge_weight, norm, eps)
+    neighbours = [knn(x, k, exclude_self=not include_self, backend=backend) for x in modalities]
+    return graph_from_neighbours(neighbours, weights, edge_weight, norm, eps)
+
+
+def check_knn_graph_args(features, k, weights, include_self, edge_weight, norm, eps):
+    """knn_graph's argument checks and defaults (shared with :func:`mmrec_fast.distributed.knn_graph`) ->
+    (modalities: list of (n, d_m) tensors, weights: list of floats, eps: float, k: int)."""
     op_name = "knn_graph"
     modalities = [features] if isinstance(features, torch.Tensor) else list(features)
     if not modalities:
@@ -219,12 +227,19 @@ def knn_graph(
     if not (eps >= 0 and eps < float("inf")):
         raise ValueError(f"{op_name}: eps must be a finite number >= 0, got {eps}")
     k = _check_k(op_name, k, n, not include_self)
+    return modalities, weights, eps, k
 
+
+def graph_from_neighbours(neighbours, weights, edge_weight: str, norm, eps: float) -> Graph:
+    """The (n, n) kNN graph of :func:`knn_graph` from each modality's :func:`knn` result.
+
+    neighbours: one (similarity (n, k), indices (n, k)) pair per modality; weights: one float per modality."""
+    n, k = neighbours[0][1].shape
+    device = neighbours[0][1].device
     rows = torch.arange(n, device=device).repeat_interleave(k)
     all_rows, all_cols, all_values = [], [], []
-    for x, weight in zip(modalities, weights):
-        similarity, neighbours = knn(x, k, exclude_self=not include_self, backend=backend)
-        cols = neighbours.reshape(-1)
+    for (similarity, indices), weight in zip(neighbours, weights):
+        cols = indices.reshape(-1)
         if edge_weight == "binary":
             value = torch.ones(n * k, dtype=torch.float64, device=device)
         else:
