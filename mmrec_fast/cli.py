@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -183,11 +184,16 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer, seed_everything
 
     cls = models.model_class(args.model)
+    launched = _start_process_group(args)
     if args.seeds is not None:
+        if launched:
+            raise ValueError("--seeds trains the seeds one after another in one process; under torchrun give --seed")
         return cmd_train_seeds(args, cls)
     model_config = _model_config(cls, args.set)
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
+    if launched and device.startswith("cuda"):
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank
     config = TrainConfig.for_model(cls, **overrides, device=device, out_dir=args.out, progress=not args.no_progress)
     _check_eval_backend(config.eval_backend, device)
     dataset = _threads_and_dataset(args)
@@ -409,6 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-k", dest="keyword", metavar="EXPR", help="only the cases matching this pytest -k expression")
     bench.set_defaults(run=cmd_bench)
     return parser
+
+
+def _start_process_group(args) -> bool:
+    """Under torchrun (WORLD_SIZE set): join the process group (NCCL for CUDA devices, gloo on CPUs) and silence
+    the standard output of every rank but 0. Returns whether it did."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    cuda = (args.device or ("cuda" if _cuda() else "cpu")).startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if dist.get_rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+    return True
 
 
 def _cuda() -> bool:

@@ -21,6 +21,17 @@ not one, or one that does not fit the model or data it is loaded for, is refused
 ``<out>/run.json`` is the run's record (config, the model's train defaults and the overrides, dataset, model
 hyperparameters and modalities, per-epoch losses and terms, metrics and times, best epoch, test metrics, versions,
 backends, machine), rewritten after every epoch.
+
+Data parallel (several processes in a ``torch.distributed`` process group, e.g. launched by ``torchrun``): every
+rank draws the same global batches from the same seed and takes its contiguous shard of each
+(:func:`mmrec_fast.distributed.shard`); the model is wrapped in DistributedDataParallel, which averages the
+parameter gradients over the ranks, and each rank's loss is scaled by world * n_r / B (n_r of the batch's B rows
+are its own) so that the averaged gradient is the single-process gradient of the global batch, for loss terms
+that are means over the batch's rows and for terms every rank computes alike (a full-population term). Terms with
+in-batch negatives (SLMRec's, MMSSL's) would need the gathered InfoNCE inside the model; such models, and models
+with their own ``training_step``, are refused. Validation and test run :func:`mmrec_fast.distributed.evaluate`
+(the single-process metrics, bitwise). Rank 0 alone logs and writes checkpoints and run.json; every rank resumes
+from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import backends
+from . import backends, distributed
 from .data import NEGATIVE_POOLS, SAMPLERS, Dataset
 from .evaluate import DEFAULT_KS, METRICS, NDCG_FORMS, evaluate
 
@@ -163,7 +174,10 @@ class Trainer:
         options = {"negatives": self.config.negatives} if model.batch_kind == "bpr" else {}
         self.sampler = sampler(dataset.train, dataset.num_users, dataset.num_items, self.config.batch_size,
                                seed=self.config.seed, **options)  # fmt: skip
-        self.out_dir = Path(self.config.out_dir) if self.config.out_dir else None
+        self.rank, self.world_size = distributed.world()
+        self.data_parallel = self._wrap_data_parallel() if self.world_size > 1 else None
+        # Rank 0 writes the checkpoints and the record; the other ranks only train.
+        self.out_dir = Path(self.config.out_dir) if self.config.out_dir and self.rank == 0 else None
         self.epoch = -1  # the last finished epoch
         self.history: list[dict] = []
         self.early = _EarlyStopping()
@@ -229,7 +243,10 @@ class Trainer:
                    disable=not self.config.progress, dynamic_ncols=True)  # fmt: skip
         for index, batch in enumerate(self.sampler.epoch(epoch, self.device)):
             try:
-                values = self.model.training_step(batch, self.optimizers)
+                if self.data_parallel is None:
+                    values = self.model.training_step(batch, self.optimizers)
+                else:
+                    values = self._data_parallel_step(batch)
             except FloatingPointError as error:
                 bar.close()
                 raise FloatingPointError(f"{error} at epoch {epoch}, batch {index}") from None
@@ -249,8 +266,48 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         """The configured metrics of the current model on ``split`` ("valid" | "test")."""
         config = self.config
-        return evaluate(self.model, self.dataset, split, ks=config.ks, metrics=config.metrics, ndcg=config.ndcg,
-                        batch_size=config.eval_batch_size, backend=config.eval_backend)  # fmt: skip
+        run = evaluate if self.world_size == 1 else distributed.evaluate
+        return run(self.model, self.dataset, split, ks=config.ks, metrics=config.metrics, ndcg=config.ndcg,
+                   batch_size=config.eval_batch_size, backend=config.eval_backend)  # fmt: skip
+
+    # -- data parallel --------------------------------------------------------------------------------------------
+    def _wrap_data_parallel(self):
+        from .models import Recommender
+
+        model = self.model
+        if type(model).training_step is not Recommender.training_step:
+            raise ValueError(f"{model.name} has its own training_step; data-parallel training takes models trained "
+                             "by the default step (losses, backward, step)")  # fmt: skip
+        if model.batch_negatives:
+            raise ValueError(f"{model.name}'s loss uses in-batch negatives, which data-parallel training does not "
+                             "gather yet (mmrec_fast.distributed.info_nce inside the model); train it in one process")  # fmt: skip
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # static_graph: every step uses the same parameters (a model's unused ones too), so DDP needs no search
+        # for unused parameters each step
+        return torch.nn.parallel.DistributedDataParallel(_Losses(model), device_ids=device_ids, static_graph=True)
+
+    def _data_parallel_step(self, batch: torch.Tensor) -> dict[str, float]:
+        """The default training step on this rank's shard of the global ``batch`` (3, B) / (2, B): the loss scaled
+        by world * n_r / B, gradients averaged by DDP; returns the global batch's loss terms (the n_r / B-weighted
+        sum over ranks)."""
+        from .models.base import finite_values
+
+        total = batch.shape[1]
+        rows = distributed.shard(total)
+        share = (rows.stop - rows.start) / total
+        local = batch[:, rows]
+        if share == 0:  # a last batch smaller than the world: this rank runs it at weight 0, to join the all-reduce
+            local = batch
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        terms = self.data_parallel(local)
+        values = finite_values(terms)
+        (sum(terms.values()) * (self.world_size * share)).backward()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        weighted = torch.tensor([value * share for value in values.values()], dtype=torch.float64)
+        torch.distributed.all_reduce(weighted)
+        return dict(zip(values, weighted.tolist()))
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, path, *, best_only: bool = False) -> None:
@@ -324,6 +381,9 @@ class Trainer:
             "dataset": self.dataset.summary(),
             "environment": environment(self.device, self.model.backend, self.config.eval_backend, self.model.ops),
         }
+        if self.world_size > 1:
+            record["data_parallel"] = {"world_size": self.world_size,
+                                       "process_group_backend": torch.distributed.get_backend()}  # fmt: skip
         if "resumed_from" in self.record:
             record["resumed_from"] = self.record["resumed_from"]
         record.update(_plain(self.record_extra))
@@ -360,7 +420,7 @@ class Trainer:
         return line
 
     def _say(self, line: str) -> None:
-        if not self.config.verbose:
+        if not self.config.verbose or self.rank != 0:
             return
         if self._log is not None:
             self._log(line)
@@ -370,6 +430,17 @@ class Trainer:
             tqdm.write(line)
         else:
             print(line, flush=True)
+
+
+class _Losses(torch.nn.Module):
+    """The module DistributedDataParallel wraps: forward(batch) = model.losses(batch)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.losses(batch)
 
 
 CHECKPOINT_KEYS = ("model_name", "model_config", "backend", "dataset_source", "config", "epoch", "model_state")

@@ -7,7 +7,9 @@ the full inputs. A failed comparison on any rank fails the test (torch.multiproc
 
 from __future__ import annotations
 
+import json
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,3 +175,85 @@ def test_info_nce_rejects_what_it_cannot_do():
         distributed.info_nce(a, a, 0.2, reduction="avg")
     with pytest.raises(ValueError, match="temperature"):
         distributed.info_nce(a, a, 0.0)
+
+
+def _train_lightgcn(epochs: int, out_dir=None, resume=None, batch_size: int = 301):
+    """LightGCN on a tiny synthetic dataset through the Trainer (data parallel when a process group is up);
+    301 rows a batch: the shards are uneven (151 + 150) and the last batch is odd too."""
+    from mmrec_fast.models import LightGCN
+    from mmrec_fast.train import TrainConfig, Trainer, seed_everything
+
+    dataset = mf.data.synthetic("small", num_users=90, num_items=70, num_interactions=1300, feature_dims={}, seed=5)
+    seed_everything(0)
+    model = LightGCN(dataset)
+    config = TrainConfig.for_model(LightGCN, epochs=epochs, batch_size=batch_size, progress=False, verbose=False,
+                                   out_dir=out_dir)  # fmt: skip
+    trainer = Trainer(model, dataset, config)
+    if resume is not None:
+        trainer.resume(resume)
+    record = trainer.fit()
+    return record, {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _same_run(got, want, what):
+    got_record, got_state = got
+    want_record, want_state = want
+    assert len(got_record["epochs"]) == len(want_record["epochs"]), what
+    for mine, theirs in zip(got_record["epochs"], want_record["epochs"]):
+        for name in theirs["losses"]:
+            assert abs(mine["losses"][name] - theirs["losses"][name]) <= 1e-6 * abs(theirs["losses"][name]) + 1e-9, (
+                what, mine["epoch"], name, mine["losses"][name], theirs["losses"][name])
+        assert mine["valid"] == pytest.approx(theirs["valid"], abs=1e-12), (what, mine["epoch"])
+    for name, value in want_state.items():
+        torch.testing.assert_close(got_state[name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{what} {name}\n{m}")
+
+
+def _check_data_parallel_training(rank, want_4, out_dir):
+    _same_run(_train_lightgcn(4), want_4, f"rank {rank}: 2-rank training")
+    _train_lightgcn(2, out_dir=out_dir)  # rank 0 writes last.pt; every rank resumes from it
+    dist.barrier()
+    if rank == 0:
+        assert (Path(out_dir) / "last.pt").exists() and (Path(out_dir) / "run.json").exists()
+    _same_run(_train_lightgcn(4, resume=str(Path(out_dir) / "last.pt")), want_4, f"rank {rank}: resumed at epoch 2")
+    if rank == 0:
+        record = json.loads((Path(out_dir) / "run.json").read_text())
+        assert record["data_parallel"] == {"world_size": WORLD, "process_group_backend": "gloo"}
+
+
+def test_data_parallel_lightgcn_trains_as_one_process(tmp_path):
+    """2 ranks on the same global batches: the same epoch losses, validation metrics and parameters as one process
+    (up to float32 summation order), and a resumed 2-rank run continues exactly."""
+    want = _train_lightgcn(4)
+    run_ranks(tmp_path, _check_data_parallel_training, want, str(tmp_path / "run"))
+
+
+def _check_refuses_in_batch_negatives(rank):
+    from mmrec_fast.models import SLMRec
+    from mmrec_fast.train import Trainer
+
+    dataset = mf.data.synthetic("small", num_users=40, num_items=30, num_interactions=250, seed=5)
+    with pytest.raises(ValueError, match="in-batch negatives"):
+        Trainer(SLMRec(dataset), dataset)
+
+
+def test_data_parallel_refuses_in_batch_negatives(tmp_path):
+    run_ranks(tmp_path, _check_refuses_in_batch_negatives)
+
+
+def test_torchrun_command_line_matches_one_process(tmp_path):
+    """README's launch command, end to end: 2 ranks under torchrun give one process's epoch losses and metrics."""
+    import subprocess
+    import sys
+
+    common = ["train", "--model", "lightgcn", "--synthetic", "small", "--epochs", "2", "--batch-size", "999",
+              "--threads", "1", "--no-progress"]  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mmrec_fast"]
+    for command, out in ((launch, "ddp"), ([sys.executable, "-m", "mmrec_fast"], "one")):
+        done = subprocess.run(command + common + ["--out", str(tmp_path / out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    ddp, one = (json.loads((tmp_path / out / "run.json").read_text()) for out in ("ddp", "one"))
+    assert ddp["data_parallel"]["world_size"] == 2 and "data_parallel" not in one
+    for mine, theirs in zip(ddp["epochs"], one["epochs"], strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
+        assert mine["valid"] == pytest.approx(theirs["valid"], abs=1e-12)
+    assert ddp["test"] == pytest.approx(one["test"], abs=1e-12)

@@ -231,6 +231,9 @@ class Recommender(torch.nn.Module):
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     #: "bpr" (users, positives, sampled negatives) or "pairs" (users, positives)
     batch_kind: ClassVar[str] = "bpr"
+    #: whether a loss term contrasts the batch's rows with each other (in-batch negatives): such a term is not a
+    #: mean of per-row terms, and data-parallel training refuses the model until it gathers them
+    batch_negatives: ClassVar[bool] = False
     #: the item-feature modalities the model can use, in the order it uses them (() for a model without features)
     supported_modalities: ClassVar[tuple[str, ...]] = ()
     #: the mmrec_fast ops the model calls in training (``backend=`` must run each of them on the model's device)

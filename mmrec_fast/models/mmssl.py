@@ -255,6 +255,7 @@ class MMSSL(Recommender):
     search_space = {}
     search_space_source = "none: HKUDS/MMSSL MMSSL/utility/parser.py (commit 136c4a3b) has single defaults; give --grid"
     batch_kind = "users"
+    batch_negatives = True
     supported_modalities = ("image", "text", "audio")
 
     @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class SLMRec(Recommender):
                     "ssl_alpha": ("0.01", "0.05", "0.1", "0.5", "1.0")}  # fmt: skip
     search_space_source = "enoche/MMRec src/configs/model/SLMRec.yaml (commit a75d89ae)"
     batch_kind = "pairs"
+    batch_negatives = True
     supported_modalities = FAC_LEVELS
 
     @dataclass(frozen=True)
