@@ -12,6 +12,8 @@ Ops (each with ``backend="reference" | "native" | "triton" | None``):
 Models and training: :mod:`mmrec_fast.data` (MMRec / MMSSL loaders, synthetic data, BPR sampler),
 :mod:`mmrec_fast.models` (LightGCN, ...), :mod:`mmrec_fast.evaluate` (full-ranking metrics),
 :class:`Trainer` / :class:`TrainConfig` (:mod:`mmrec_fast.train`), and the ``mmrec-fast`` command line.
+More than one process: :mod:`mmrec_fast.distributed` (gathered InfoNCE, sharded kNN graph and evaluation) and
+data-parallel training under ``torchrun``.
 
 See README.md for the table of ops x backends x dtypes.
 """
@@ -26,7 +28,7 @@ from . import _native, backends
 from .backends import available, get_backend, set_backend, use_backend
 from .graph import Graph
 from .ops import InfoNCE, info_nce, knn, knn_graph, masked_similarity, propagate, spmm, topk_scores
-from . import data, evaluate, models  # noqa: E402  (after the ops they use)
+from . import data, distributed, evaluate, models  # noqa: E402  (after the ops they use)
 from .train import TrainConfig, Trainer  # noqa: E402
 
 __version__ = "0.1.0"
@@ -39,6 +41,7 @@ __all__ = [
     "available",
     "backends",
     "data",
+    "distributed",
     "evaluate",
     "get_backend",
     "info",

@@ -17,8 +17,8 @@ def test_the_readme_example_runs(capsys):
 
 
 def test_the_readme_commands_parse():
-    """Every ``mmrec-fast ...`` line of README's shell blocks is accepted by the command line's parser (no stale
-    flag or model name)."""
+    """Every ``mmrec-fast ...`` line of README's shell blocks, and every ``torchrun ... -m mmrec_fast ...`` one, is
+    accepted by the command line's parser (no stale flag or model name)."""
     import shlex
 
     from mmrec_fast.cli import build_parser
@@ -31,6 +31,8 @@ def test_the_readme_commands_parse():
                 words = shlex.split(part, comments=True)
                 if words[:1] == ["mmrec-fast"]:
                     commands.append(words[1:])
+                elif words[:1] == ["torchrun"] and "mmrec_fast" in words:
+                    commands.append(words[words.index("mmrec_fast") + 1 :])
     assert len(commands) >= 8
     parser = build_parser()
     for argv in commands:
