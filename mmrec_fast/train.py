@@ -27,9 +27,9 @@ rank draws the same global batches from the same seed and takes its contiguous s
 (:func:`mmrec_fast.distributed.shard`); the model is wrapped in DistributedDataParallel, which averages the
 parameter gradients over the ranks, and each rank's loss is scaled by world * n_r / B (n_r of the batch's B rows
 are its own) so that the averaged gradient is the single-process gradient of the global batch, for loss terms
-that are means over the batch's rows and for terms every rank computes alike (a full-population term). Terms with
-in-batch negatives (SLMRec's, MMSSL's) would need the gathered InfoNCE inside the model; such models, and models
-with their own ``training_step``, are refused. Validation and test run :func:`mmrec_fast.distributed.evaluate`
+that are means over the batch's rows and for terms every rank computes alike (a full-population term). Models with
+in-batch negatives (``batch_negatives``: SLMRec) gather them from every rank (``Recommender.batch_info_nce``), so
+the negatives are the global batch's; models with their own ``training_step`` (MMSSL) are refused. Validation and test run :func:`mmrec_fast.distributed.evaluate`
 (the single-process metrics, bitwise). Rank 0 alone logs and writes checkpoints and run.json; every rank resumes
 from the same checkpoint.
 """
@@ -278,9 +278,7 @@ class Trainer:
         if type(model).training_step is not Recommender.training_step:
             raise ValueError(f"{model.name} has its own training_step; data-parallel training takes models trained "
                              "by the default step (losses, backward, step)")  # fmt: skip
-        if model.batch_negatives:
-            raise ValueError(f"{model.name}'s loss uses in-batch negatives, which data-parallel training does not "
-                             "gather yet (mmrec_fast.distributed.info_nce inside the model); train it in one process")  # fmt: skip
+        model.gather_negatives = model.batch_negatives
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         # static_graph: every step uses the same parameters (a model's unused ones too), so DDP needs no search
         # for unused parameters each step
@@ -296,7 +294,9 @@ class Trainer:
         rows = distributed.shard(total)
         share = (rows.stop - rows.start) / total
         local = batch[:, rows]
-        if share == 0:  # a last batch smaller than the world: this rank runs it at weight 0, to join the all-reduce
+        if share == 0 and not self.model.gather_negatives:
+            # A last batch smaller than the world: this rank runs it at weight 0, to join the gradient all-reduce
+            # (a model that gathers negatives runs its empty shard instead: the gathered rows must be the batch's).
             local = batch
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)

@@ -231,9 +231,12 @@ class Recommender(torch.nn.Module):
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     #: "bpr" (users, positives, sampled negatives) or "pairs" (users, positives)
     batch_kind: ClassVar[str] = "bpr"
-    #: whether a loss term contrasts the batch's rows with each other (in-batch negatives): such a term is not a
-    #: mean of per-row terms, and data-parallel training refuses the model until it gathers them
+    #: whether a loss term contrasts the batch's rows with each other (in-batch negatives, through
+    #: :meth:`batch_info_nce`): such a term is not a mean of per-row terms, and in data-parallel training its
+    #: negatives are gathered from every rank
     batch_negatives: ClassVar[bool] = False
+    #: set by the data-parallel trainer on a model with ``batch_negatives``: :meth:`batch_info_nce` gathers
+    gather_negatives: bool = False
     #: the item-feature modalities the model can use, in the order it uses them (() for a model without features)
     supported_modalities: ClassVar[tuple[str, ...]] = ()
     #: the mmrec_fast ops the model calls in training (``backend=`` must run each of them on the model's device)
@@ -282,6 +285,20 @@ class Recommender(torch.nn.Module):
         users = users[0] if isinstance(users, (list, tuple)) else users
         user_embeddings, item_embeddings = self.embeddings()
         return user_embeddings[users] @ item_embeddings.T
+
+    def batch_info_nce(self, a: torch.Tensor, b: torch.Tensor, temperature, **options) -> torch.Tensor:
+        """:func:`mmrec_fast.info_nce` over the batch's rows a, b (B, d) (in-batch negatives), on the model's
+        backend, ``options`` as there (the mean reduction). In data-parallel training (:attr:`gather_negatives`)
+        a and b are this rank's n_r rows and the negatives are every rank's (:func:`mmrec_fast.distributed.info_nce`):
+        the value is this rank's mean row loss (0 without rows), which the trainer's weight world * n_r / B turns
+        into this rank's share of the global batch's loss."""
+        from .. import distributed
+        from ..ops import info_nce
+
+        if not self.gather_negatives:
+            return info_nce(a, b, temperature, backend=self.backend, **options)
+        backend = "reference" if self.backend == "reference" else None  # the gathered block has no kernel backend
+        return distributed.info_nce(a, b, temperature, reduction="sum", backend=backend, **options) / max(a.shape[0], 1)
 
     def pre_epoch(self, epoch: int) -> None:
         """Called before epoch ``epoch``'s first batch (model in training mode)."""

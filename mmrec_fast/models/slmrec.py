@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from ..graph import Graph
-from ..ops import info_nce, propagate, spmm
+from ..ops import propagate, spmm
 from .base import ModelConfig, Recommender, option, rows
 
 #: the FAC chain's levels, fine to coarse
@@ -185,7 +185,7 @@ class SLMRec(Recommender):
         if self.training:
             self._pending = (h.detach(), *(p.detach().clone() for p in (self.user_fusion.weight, self.user_fusion.bias,
                                                                            self.item_fusion.weight, self.item_fusion.bias)))  # fmt: skip
-        main = info_nce(z_users, z_items, c.temperature, backend=self.backend)
+        main = self.batch_info_nce(z_users, z_items, c.temperature)
         if c.ssl_task == "fac":
             ssl = self._fac(item_rows)
         else:
@@ -203,7 +203,7 @@ class SLMRec(Recommender):
             modality = FAC_LEVELS[level]
             if modality in blocks:
                 target = self.fac_modality_heads[modality](blocks[modality])
-                total = total + info_nce(chain, target, self.config.ssl_temp, normalize=False, backend=self.backend)
+                total = total + self.batch_info_nce(chain, target, self.config.ssl_temp, normalize=False)
         return total
 
     def masked_branches(self) -> tuple[int, int]:
@@ -236,7 +236,7 @@ class SLMRec(Recommender):
         h_users, h_items = h.split([self.num_users, self.num_items])
         for batch_rows, layer in ((rows(h_users, users), self.user_fusion), (rows(h_items, items), self.item_fusion)):
             one, two = batch_rows[:, :width], batch_rows[:, width:]
-            total = total + info_nce(self.fuse(one, layer), self.fuse(two, layer), c.ssl_temp, backend=self.backend)
+            total = total + self.batch_info_nce(self.fuse(one, layer), self.fuse(two, layer), c.ssl_temp)
         return total
 
     # -- ranking --------------------------------------------------------------------------------------------------
