@@ -65,8 +65,8 @@ def _check_info_nce(rank, dtype, backend):
     # float32: the row losses are log-sum-exps of logits up to ~50 (raw dot products / 0.3), minus the positive
     # logit: a few ulps of 50 are ~1e-5 whatever the loss's own size.
     tolerance = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=5e-5)
-    old_tile = distributed.COLUMN_TILE
-    distributed.COLUMN_TILE = 5  # many column tiles (and a ragged last one) on these small batches
+    old_tile = distributed.TILE_BYTES
+    distributed.TILE_BYTES = 300  # tiles of a few columns (and a ragged last one) on these small batches
     try:
         for counts in SHARDS:
             for flags in INFO_NCE_CASES:
@@ -96,7 +96,7 @@ def _check_info_nce(rank, dtype, backend):
                     torch.testing.assert_close(local_b.grad, full_b.grad[mine], **tolerance, msg=lambda m: f"{what}\n{m}")
                     torch.testing.assert_close(_sum_over_ranks(t_local.grad), t_single.grad, **tolerance, msg=lambda m: f"{what}\n{m}")
     finally:
-        distributed.COLUMN_TILE = old_tile
+        distributed.TILE_BYTES = old_tile
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
