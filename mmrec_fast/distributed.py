@@ -20,9 +20,9 @@ single-process op on the concatenated rows (rank 0's rows first):
 Memory per rank (float32, B rows in all, n_r local, d features): the gathered InfoNCE holds the gathered columns
 (B, d) per gathered view (``b``; ``a`` too with ``symmetric`` or ``intra_view_negatives``), their gradient of the same
 size in the backward, and one (n_r, c) logit tile of :data:`TILE_BYTES` (1 MiB; c = TILE_BYTES / (4 n_r) columns,
-at least one): 4 (2 V B d) + TILE_BYTES bytes with V the views gathered. The sharded kNN graph holds the replicated features, n d, one (n_r, tile) score tile per
-thread in the kernel, and the gathered neighbours, 2 n k per modality (values float32 + indices int64: 12 n k
-bytes).
+at least one): 4 (2 V B d) + TILE_BYTES bytes with V the views gathered. The sharded kNN graph holds the
+replicated features, n d, one score tile per thread in the kernel, and the gathered neighbours, 2 n k per modality
+(values float32 + indices int64: 12 n k bytes).
 
 Communication per call, from the shapes: info_nce all-gathers V (B, d) views (each rank receives (B - n_r) d
 values per view) and its backward all-reduces the V (B, d) gradients (a ring all-reduce sends and receives
@@ -191,7 +191,7 @@ def info_nce(
             Under DistributedDataParallel, which averages the parameter gradients over ranks, multiply the returned
             loss by the world size (the data-parallel trainer does) to train as one process on the global batch.
         group: the process group (None: the default one; torch.distributed not initialised: one process).
-        backend: None: the column-tiled path (plain torch GEMMs tile by tile, memory O((B + n_r tile) d)), or
+        backend: None: the column-tiled path (plain torch GEMMs tile by tile, memory O(B d) + TILE_BYTES), or
             "reference": the materialised (n_r, B) logits. There is no fused kernel for a rectangular block yet
             (the native and Triton kernels take the square (B, B) problem); asking for one is an error.
 
