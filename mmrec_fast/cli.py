@@ -121,7 +121,7 @@ def _run_spec(args, cls):
 
     _model_config(cls, args.set)  # a bad --set fails here, before any training
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None and name != "seed"}
-    device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
+    device = _chosen_device(args)
     _check_eval_backend(overrides.get("eval_backend"), device)
     dataset = _threads_and_dataset(args)
     return RunSpec(cls, dataset, _assignments(args.set), overrides, backend=args.backend, device=device,
@@ -184,14 +184,14 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer, seed_everything
 
     cls = models.model_class(args.model)
-    launched = _start_process_group(args)
+    device = _chosen_device(args)
+    launched = _start_process_group(device)
     if args.seeds is not None:
         if launched:
             raise ValueError("--seeds trains the seeds one after another in one process; under torchrun give --seed")
         return cmd_train_seeds(args, cls)
     model_config = _model_config(cls, args.set)
     overrides = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
-    device = _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
     if launched and device.startswith("cuda"):
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank
     config = TrainConfig.for_model(cls, **overrides, device=device, out_dir=args.out, progress=not args.no_progress)
@@ -417,14 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_process_group(args) -> bool:
+def _chosen_device(args) -> str:
+    """--device, checked, or the default: cuda where there is one, else cpu."""
+    return _device(args.device) if args.device else ("cuda" if _cuda() else "cpu")
+
+
+def _start_process_group(device: str) -> bool:
     """Under torchrun (WORLD_SIZE set): join the process group (NCCL for CUDA devices, gloo on CPUs) and silence
     the standard output of every rank but 0. Returns whether it did."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    cuda = (args.device or ("cuda" if _cuda() else "cpu")).startswith("cuda")
+    cuda = device.startswith("cuda")
     if cuda:
         import torch
 

@@ -72,6 +72,19 @@ def shard(n: int, group=None) -> slice:
     return slice(n * rank // size, n * (rank + 1) // size)
 
 
+def _shard_counts(n: int, group) -> list[int]:
+    """Every rank's number of rows under :func:`shard` (known to every rank without communication)."""
+    _, size = world(group)
+    return [n * (r + 1) // size - n * r // size for r in range(size)]
+
+
+def _own_rows(counts: list[int], group) -> slice:
+    """This rank's rows in the rank-ordered concatenation of shards of ``counts`` rows."""
+    rank, _ = world(group)
+    start = sum(counts[:rank])
+    return slice(start, start + counts[rank])
+
+
 def _row_counts(n_local: int, device, group) -> list[int]:
     _, size = world(group)
     if size == 1:
@@ -108,16 +121,7 @@ class _GatherRows(torch.autograd.Function):
         grad = grad.contiguous().clone()
         if len(ctx.counts) > 1:
             dist.all_reduce(grad, group=ctx.group)
-        rank, _ = world(ctx.group)
-        start = sum(ctx.counts[:rank])
-        return grad[start : start + ctx.counts[rank]], None, None
-
-
-def gather_rows(x: torch.Tensor, group=None) -> torch.Tensor:
-    """x: (n_r, ...) on each rank -> (sum_r n_r, ...), the rows of every rank in rank order, differentiable: the
-    gradient of the result, summed over ranks, flows back to each rank's rows. Every rank must call it (and its
-    backward) together."""
-    return _GatherRows.apply(x, _row_counts(x.shape[0], x.device, group), group)
+        return grad[_own_rows(ctx.counts, ctx.group)], None, None
 
 
 class _RowLogSumExp(torch.autograd.Function):
@@ -211,8 +215,7 @@ def info_nce(
         _check_info_nce(a, b, temperature, normalize, symmetric, intra_view_negatives, reduction)
     elif reduction not in REDUCTIONS:
         raise ValueError(f"info_nce: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    rank, _ = world(group)
-    offset = sum(counts[:rank])
+    offset = _own_rows(counts, group).start
     acc = accumulation_dtype(a.dtype)
     x, y = a.to(acc), b.to(acc)
     if normalize:
@@ -264,10 +267,9 @@ def knn(
     """
     _check_features("distributed.knn", "x_local", x_local)
     counts = _row_counts(x_local.shape[0], x_local.device, group)
-    rank, _ = world(group)
     with torch.no_grad():
         everyone = _all_gather_rows(x_local.detach(), counts, group)
-        return _knn_rows(everyone, slice(sum(counts[:rank]), sum(counts[: rank + 1])), k, exclude_self, backend)
+        return _knn_rows(everyone, _own_rows(counts, group), k, exclude_self, backend)
 
 
 def _knn_rows(x: torch.Tensor, rows: slice, k, exclude_self: bool, backend) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,8 +311,7 @@ def knn_graph(
     """
     modalities, weights, eps, k = check_knn_graph_args(features, k, weights, include_self, edge_weight, norm, eps)
     n = modalities[0].shape[0]
-    rows = shard(n, group)
-    counts = _row_counts(rows.stop - rows.start, modalities[0].device, group)
+    rows, counts = shard(n, group), _shard_counts(n, group)
     neighbours = []
     with torch.no_grad():
         for x in modalities:
@@ -347,4 +348,4 @@ def evaluate(
     return average_batch_sums(sums, num_users)
 
 
-__all__ = ["TILE_BYTES", "evaluate", "gather_rows", "info_nce", "knn", "knn_graph", "shard", "world"]
+__all__ = ["TILE_BYTES", "evaluate", "info_nce", "knn", "knn_graph", "shard", "world"]
