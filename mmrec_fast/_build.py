@@ -31,18 +31,24 @@ def _cpu_flags() -> set[str]:
 
 
 def cpu_isa_flags() -> list[str]:
-    """Compiler flags for the vector ISA of the CPU kernels.
+    """Compiler flags for the instruction set of the baseline CPU kernels: none.
 
-    x86-64 with AVX2 + FMA gets ``-march=x86-64-v3`` (the kernels keep their accumulators in 256-bit registers);
-    anything else gets the compiler's baseline. ``MMREC_FAST_CPU_ARCH`` overrides: a ``-march`` value such as
-    ``native`` or ``x86-64``, or ``none`` for no flag (build on one machine, run on an older one).
+    The baseline compilation of every kernel (csrc/cpu/<op>.cpp) runs on any CPU of the architecture; the AVX2 and
+    AVX-512 variants (csrc/cpu/isa/, :func:`cpu_variants_built`) get their instruction sets from target pragmas, and
+    the extension picks one when it loads (csrc/common/isa.h). ``MMREC_FAST_CPU_ARCH`` raises the baseline: a
+    ``-march`` value such as ``native`` or ``x86-64-v3`` (the extension then needs that CPU), or ``none``.
     """
     override = os.environ.get("MMREC_FAST_CPU_ARCH")
-    if override:
-        return [] if override == "none" else [f"-march={override}"]
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
-        return ["-march=x86-64-v3"]
+    if override and override != "none":
+        return [f"-march={override}"]
     return []
+
+
+def cpu_variants_built() -> bool:
+    """Whether the AVX2 and AVX-512 variants are compiled in: on x86-64, unless ``MMREC_FAST_CPU_VARIANTS=0``."""
+    if os.environ.get("MMREC_FAST_CPU_VARIANTS") == "0":
+        return False
+    return platform.machine() in ("x86_64", "AMD64")
 
 
 def cuda_build_possible() -> tuple[bool, str]:
@@ -64,13 +70,17 @@ def get_build_parameters() -> dict:
 
     Returns a dict with keys ``sources`` (absolute paths), ``extra_cflags``, ``extra_cuda_cflags``,
     ``extra_ldflags``, ``with_cuda`` (bool) and ``cuda_reason`` (why CUDA is or is not built).
-    The C++ sources are ``csrc/mmrec_fast.cpp`` (schemas) and ``csrc/cpu/*.cpp``; the CUDA bindings
+    The C++ sources are ``csrc/mmrec_fast.cpp`` (schemas), ``csrc/cpu/*.cpp`` and, on x86-64, their AVX2 and
+    AVX-512 variants ``csrc/cpu/isa/*.cpp`` (csrc/common/isa.h); the CUDA bindings
     ``csrc/cuda/*.cu`` are added only when :func:`cuda_build_possible` says so; headers shared by several ops
     are in ``csrc/common/``. (The torch-free nvcc compile check is a test fixture: ``tests/fixtures/nvcc_check.cu``.)
     """
     with_cuda, cuda_reason = cuda_build_possible()
     sources = [CSRC / "mmrec_fast.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
     cflags = ["-O3", "-std=c++20", "-fopenmp", *cpu_isa_flags()]
+    if cpu_variants_built():
+        sources += sorted((CSRC / "cpu" / "isa").glob("*.cpp"))
+        cflags.append("-DMMREC_FAST_WITH_CPU_VARIANTS")
     cuda_cflags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
     if with_cuda:
         sources += sorted((CSRC / "cuda").glob("*.cu"))

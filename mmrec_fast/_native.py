@@ -5,6 +5,11 @@ same sources with ``torch.utils.cpp_extension.load`` into a cache directory (``M
 ``~/.cache/mmrec_fast``), once, on first use; else the native backend is unavailable and :func:`load` raises
 :class:`NativeUnavailable` with the reason. ``MMREC_FAST_NO_JIT=1`` disables the JIT build.
 
+The CPU kernels are compiled for several instruction sets (baseline, AVX2 + FMA, AVX-512; csrc/common/isa.h) and
+the best one the CPU has runs; ``MMREC_FAST_CPU_ISA=baseline|avx2|avx512`` forces one when the extension loads (an
+unknown name, or one this CPU cannot run, raises ValueError), :func:`set_cpu_isa` switches later (tests,
+benchmarks) and :func:`cpu_isa` says which one runs.
+
 Ops register their fake implementations and autograd formulas on the native operators through
 :func:`on_load`, so those registrations happen exactly when the operators come into existence.
 """
@@ -46,8 +51,8 @@ def _cache_dir(params: dict) -> Path:
     digest = hashlib.sha256()
     for source in params["sources"]:
         digest.update(Path(source).read_bytes())
-        for header in sorted(Path(source).parent.glob("*.h*")):
-            digest.update(header.read_bytes())
+    for header in sorted(_build.CSRC.rglob("*.h*")):  # csrc/common/*.h, csrc/cuda/*.cuh
+        digest.update(header.read_bytes())
     digest.update(" ".join(params["extra_cflags"] + params["extra_cuda_cflags"]).encode())
     digest.update(torch.__version__.encode())
     root = Path(os.environ.get("MMREC_FAST_CACHE", Path.home() / ".cache" / "mmrec_fast"))
@@ -66,7 +71,8 @@ def _jit_build():
     if not any(build_dir.glob("*.so")):
         warnings.warn(
             f"mmrec_fast: no prebuilt extension; JIT-building the native kernels into {build_dir} "
-            "(once, about a minute). Install with `pip install --no-build-isolation -e .` to build ahead of time.",
+            "(once, two to three minutes: three CPU variants). "
+            "Install with `pip install --no-build-isolation -e .` to build ahead of time.",
             stacklevel=4,
         )
     return cpp_extension.load(
@@ -112,6 +118,9 @@ def load():
                     f"{type(jit_error).__name__}: {str(jit_error).strip().splitlines()[-1] if str(jit_error).strip() else ''}"
                 )
                 raise NativeUnavailable(_error) from jit_error
+        forced = os.environ.get("MMREC_FAST_CPU_ISA")
+        if forced:  # an unknown name, or a variant this CPU or build cannot run, is an error (ValueError)
+            module.set_cpu_isa(forced)
         _module, _how = module, how
         for callback in _callbacks:
             callback()
@@ -132,6 +141,21 @@ def with_cuda() -> bool:
     return is_available() and bool(getattr(_module, "with_cuda", 0))
 
 
+def cpu_isa() -> str:
+    """The instruction-set variant the CPU kernels run: "baseline", "avx2" or "avx512" (loads the extension)."""
+    return load().cpu_isa()
+
+
+def cpu_isas() -> list[str]:
+    """The variants this CPU and build can run, best last (loads the extension)."""
+    return list(load().cpu_isas())
+
+
+def set_cpu_isa(name: str) -> None:
+    """Run the CPU kernels' variant ``name`` from now on (ValueError if unknown or not runnable here)."""
+    load().set_cpu_isa(name)
+
+
 def status() -> dict:
     """What was built and how it was loaded (tries to load first)."""
     available = is_available()
@@ -140,6 +164,7 @@ def status() -> dict:
         "how": _how,
         "error": _error,
         "with_cuda": bool(getattr(_module, "with_cuda", 0)) if available else False,
-        "cpu_isa": getattr(_module, "cpu_isa", None) if available else None,
+        "cpu_isa": _module.cpu_isa() if available else None,
+        "cpu_isas": _module.cpu_isas() if available else [],
         "file": getattr(_module, "__file__", None) if available else None,
     }

@@ -533,3 +533,29 @@ def test_knn_graph_bad_input():
     opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # each row's only other neighbour has cosine -1
     with pytest.raises(ValueError, match="nonnegative row degrees"):
         mmrec_fast.knn_graph(opposite, 1, edge_weight="cosine", include_self=False)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_native_normalises_while_packing_bitwise(dtype):
+    """The native op divides the rows by their norms as it packs them: bitwise the kernel on normalize_rows(x)."""
+    from mmrec_fast.reference.knn import normalize_rows
+
+    x = torch.randn(150, 29, generator=torch.Generator().manual_seed(5)).to(dtype)
+    x[7] = 0.0  # a zero row: similarity 0 to everything
+    x[40] = x[3] * 3  # a multiple of another row
+    values, indices = mmrec_fast.knn(x, 12, backend="native")
+    x_hat = normalize_rows(x).contiguous()
+    want_values, want_indices = torch.ops.mmrec_fast.knn(x_hat, 12, False, 0, None)
+    assert torch.equal(values, want_values) and torch.equal(indices, want_indices)
+
+
+@needs_native
+def test_native_finiteness_check_survives_overflowing_norms():
+    """Finite rows whose norm overflows are no error (the check falls back to the entries); a NaN still is."""
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(6))
+    x[2] = 3e38  # finite, norm inf in float32
+    mmrec_fast.knn(x, 3, backend="native")
+    x[4, 1] = float("nan")
+    with pytest.raises(ValueError, match="holds NaN or inf"):
+        mmrec_fast.knn(x, 3, backend="native")

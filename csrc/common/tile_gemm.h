@@ -3,11 +3,13 @@
 // gradient products of every tile, csrc/cpu/info_nce.cpp).
 //
 // What it follows: the Goto/BLIS design (Goto & van de Geijn, "Anatomy of high-performance matrix multiplication",
-// TOMS 2008; BLIS's Zen micro-kernels). The B operand is packed into panels of G columns (G = one 256-bit vector:
-// 8 floats or 4 doubles), depth-major inside a panel; a micro-kernel streams a 4-row A sliver (broadcasts)
-// against three B panels (3 vector loads) and keeps a 4 x 3G block of C in 12 accumulator registers (12 + 3 + 1
-// of the 16 ymm registers). Depth is blocked by kc so that the three B panels stay in L1 while the A slivers
-// stream from L2.
+// TOMS 2008; BLIS's Zen micro-kernels). The B operand is packed into panels of G columns (G = one vector of the
+// variant, csrc/common/isa.h: 8 floats or 4 doubles in 256-bit ymm registers, 16 / 8 in 512-bit zmm registers
+// with AVX-512), depth-major inside a panel; a micro-kernel streams an R-row A sliver (broadcasts) against three B
+// panels (3 vector loads) and keeps an R x 3G block of C in 3R accumulator registers: R = 4 with 256-bit vectors
+// (12 + 3 + 1 of the 16 ymm registers), R = 8 with AVX-512 (24 + 3 + 1 of the 32 zmm registers; on the Sapphire
+// Rapids VM, in cache: 8 x 3 183 GFLOP/s, 6 x 4 175-193, 4 x 3 150-176, 4 x 4 160, at kc 64-128). Depth is blocked
+// by kc so that the three B panels stay in L1 while the A slivers stream from L2.
 //
 // The A sliver is read through strides (element (r, k) of a sliver at a + r * row_stride + k * depth_stride), so one
 // micro-kernel serves A packed like B (pack_rows: the score tiles of knn, topk_scores and the info_nce logits),
@@ -20,64 +22,80 @@
 // accumulator without extra rounding), whatever the tile, the position, the thread or the tile size: results are
 // bitwise reproducible run to run and across thread counts; s(i, j) = s(j, i) for the score tiles of knn.
 //
-// Its rates against MKL's sgemm on the same shapes are in benchmarks/results/info_nce-ab-zen4-2026-11-22.txt.
-// Every pointer handed to the vector loads and stores is 32-byte aligned (packed buffers and tiles come from
-// at::empty; their offsets are whole panels).
+// Its rates against MKL's sgemm on the same shapes are in benchmarks/results/info_nce-ab-zen4-2026-11-22.txt and
+// benchmarks/results/cpu-peak-*.txt. Loads and stores are unaligned (simd.h); packed buffers and tiles come from
+// at::empty (64-byte aligned) at offsets of whole panels, so in fact they are aligned.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX__) || defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cstdint>
 
+#include "isa.h"
 #include "simd.h"
 
-namespace mmrec_fast {
+MMREC_FAST_ISA_BEGIN
 namespace tile_gemm {
 
-// The aligned 256-bit vectors of simd.h (packed panels and accumulators are 32-byte aligned).
-typedef simd::AlignedFloat8 Float8;
-typedef simd::AlignedDouble4 Double4;
+// The widest vectors of the variant (simd.h): 512-bit with AVX-512, 256-bit otherwise.
+typedef simd::WideFloat FloatV;
+typedef simd::WideDouble DoubleV;
 template <typename T>
-using Vec = simd::AlignedVec<T>;
+using Vec = simd::WideVec<T>;
 
-// Columns per packed panel: one vector.
+// Columns per packed panel: one vector (G = 16 floats / 8 doubles with AVX-512, 8 / 4 otherwise).
 template <typename T>
-constexpr int64_t kGroup = 32 / sizeof(T);
-// Rows of the A sliver of the micro-kernel, and B panels per micro-kernel call.
-constexpr int64_t kMicroRows = 4;
+constexpr int64_t kGroup = simd::kWideBytes / sizeof(T);
+// Rows R of the A sliver of the micro-kernel (a divisor of G: a sliver never straddles two panels), and B panels
+// per micro-kernel call.
+constexpr int64_t kMicroRows = simd::kWideBytes == 64 ? 8 : 4;
 constexpr int kMicroPanels = 3;
-// Depth block kc: the three B panels of a micro-kernel call take kc x 96 bytes (G x sizeof(T) = 32 bytes a row
-// of a panel, whatever T), 24 KiB of the 32 KiB L1 at kc = 256. (Measured flat from kc = 96 to 512 at d = 384
-// and 4096 on the Zen-1 VM.)
-constexpr int64_t kDepthBlock = 256;
-// Rows block mc: the A slivers of kRowsBlock rows (kc x kRowsBlock values, 128 KiB at kc = 256 in float32) are
-// read once per group of three B panels, from L2.
+static_assert(kGroup<double> % kMicroRows == 0, "a sliver of R rows within one panel");
+// Depth block kc: the three B panels of a micro-kernel call take kc x 3 x (G x sizeof(T)) bytes, 24 KiB of the
+// L1 (32 KiB on Zen 1 to 4, 48 KiB on Golden Cove) at kc = 256 with 256-bit panels, kc = 128 with 512-bit ones.
+// (Measured flat from kc = 96 to 512 at d = 384 and 4096 on the Zen-1 VM; with AVX-512 on the Sapphire Rapids VM
+// 8 x 3 ran 183 GFLOP/s at kc 64-128, 174 at 192.)
+constexpr int64_t kDepthBlock = 256 * 32 / simd::kWideBytes;
+// Rows block mc: the A slivers of kRowsBlock rows (kc x kRowsBlock values) are read once per group of three B
+// panels, from L2.
 constexpr int64_t kRowsBlock = 128;
 
-inline Float8 broadcast(const float* p) { const float x = *p; return Float8{x, x, x, x, x, x, x, x}; }
-inline Double4 broadcast(const double* p) { const double x = *p; return Double4{x, x, x, x}; }
-inline Float8 splat(float x) { return Float8{x, x, x, x, x, x, x, x}; }
-inline Double4 splat(double x) { return Double4{x, x, x, x}; }
-
-// a * b + c, fused (one rounding) where the CPU has FMA.
-inline Float8 multiply_add(Float8 a, Float8 b, Float8 c) {
-#if defined(__FMA__)
-  return (Float8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+inline FloatV splat(float x) {
+#if MMREC_FAST_HAS_AVX512
+  return (FloatV)_mm512_set1_ps(x);
+#elif MMREC_FAST_HAS_AVX2
+  return (FloatV)_mm256_set1_ps(x);
 #else
-  return a * b + c;
+  return FloatV{x, x, x, x, x, x, x, x};
 #endif
 }
-inline Double4 multiply_add(Double4 a, Double4 b, Double4 c) {
-#if defined(__FMA__)
-  return (Double4)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+inline DoubleV splat(double x) {
+#if MMREC_FAST_HAS_AVX512
+  return (DoubleV)_mm512_set1_pd(x);
+#elif MMREC_FAST_HAS_AVX2
+  return (DoubleV)_mm256_set1_pd(x);
 #else
-  return a * b + c;
+  return DoubleV{x, x, x, x};
+#endif
+}
+inline FloatV broadcast(const float* p) { return splat(*p); }
+inline DoubleV broadcast(const double* p) { return splat(*p); }
+
+// a * b + c, fused (one rounding) where the variant has FMA.
+inline FloatV multiply_add(FloatV a, FloatV b, FloatV c) {
+#if MMREC_FAST_HAS_AVX512
+  return (FloatV)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+  return simd::multiply_add(a, b, c);
+#endif
+}
+inline DoubleV multiply_add(DoubleV a, DoubleV b, DoubleV c) {
+#if MMREC_FAST_HAS_AVX512
+  return (DoubleV)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#else
+  return simd::multiply_add(a, b, c);
 #endif
 }
 
@@ -94,10 +112,12 @@ inline int64_t round_up(int64_t n, int64_t m) {
 
 // The matrix M (rows x depth), M(r, k) = x[r * row_stride + k * depth_stride], -> ceil(rows / G) panels of
 // (depth, G): panel g holds rows gG .. gG + G - 1 of M, element (k, l) at g * depth * G + k * G + l; rows past
-// `rows` are zeros. Returned as a tensor so that its memory is visible to torch's profiler like every other
-// allocation of the op.
+// `rows` are zeros. With divisors (per row of M), M(r, k) / divisors[r] is packed instead (0 where the divisor
+// is not > 0): the rows of M normalised on the way. Returned as a tensor so that its memory is visible to torch's
+// profiler like every other allocation of the op.
 template <typename T>
-at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int64_t rows, int64_t depth) {
+at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int64_t rows, int64_t depth,
+                       const T* divisors = nullptr) {
   constexpr int64_t G = kGroup<T>;
   const int64_t panels = (rows + G - 1) / G;
   const auto dtype = c10::CppTypeToScalarType<T>::value;
@@ -109,7 +129,8 @@ at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int
         T* dst = out + (g * depth + k) * G;
         for (int64_t l = 0; l < G; ++l) {
           const int64_t r = g * G + l;
-          dst[l] = r < rows ? x[r * row_stride + k * depth_stride] : T(0);
+          const T value = r < rows ? x[r * row_stride + k * depth_stride] : T(0);
+          dst[l] = divisors == nullptr ? value : (r < rows && divisors[r] > T(0) ? value / divisors[r] : T(0));
         }
       }
     }
@@ -119,10 +140,10 @@ at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int
 
 // Rows (n, d) row-major -> ceil(n / G) panels of (d, G): panel g holds rows gG .. gG + G - 1, element (k, l) at
 // g * d * G + k * G + l. The B operand of x_I y_J^T products (a panel = G of the rows y_j, depth = the d features)
-// and, read in 4-row slivers, their A operand.
+// and, read in R-row slivers, their A operand. divisors: as in pack_panels.
 template <typename T>
-at::Tensor pack_rows(const T* x, int64_t n, int64_t d) {
-  return pack_panels(x, d, 1, n, d);
+at::Tensor pack_rows(const T* x, int64_t n, int64_t d, const T* divisors = nullptr) {
+  return pack_panels(x, d, 1, n, d, divisors);
 }
 
 // Rows (n, d) row-major -> ceil(d / G) panels of (n, G): panel v holds columns vG .. vG + G - 1, element (i, l) at
@@ -133,9 +154,10 @@ at::Tensor pack_columns(const T* x, int64_t n, int64_t d) {
   return pack_panels(x, 1, d, d, n);
 }
 
-// A tile M (rows x cols, leading dimension ld) -> its transpose in 4-row slivers, the A operand of M^T x products:
-// sliver s holds columns 4s .. 4s + 3 of M, element (k, r) (= scale_k M[k][4s + r]) at out + s * 4 * rows + k * 4 + r;
-// columns past cols are zeros. out holds round_up(cols, 4) * rows values. scale (per row of M) may be null.
+// A tile M (rows x cols, leading dimension ld) -> its transpose in R-row slivers (R = kMicroRows), the A operand of
+// M^T x products: sliver s holds columns Rs .. Rs + R - 1 of M, element (k, r) (= scale_k M[k][Rs + r]) at
+// out + s * R * rows + k * R + r; columns past cols are zeros. out holds round_up(cols, R) * rows values. scale (per
+// row of M) may be null.
 template <typename T>
 void pack_transposed(const T* M, int64_t ld, int64_t rows, int64_t cols, const T* scale, T* out) {
   for (int64_t c0 = 0; c0 < cols; c0 += kMicroRows) {
@@ -145,7 +167,7 @@ void pack_transposed(const T* M, int64_t ld, int64_t rows, int64_t cols, const T
       const T* src = M + k * ld + c0;
       const T f = scale ? scale[k] : T(1);
       T* dst = sliver + k * kMicroRows;
-      if (width == kMicroRows) {  // the common case, branch-free: one 128-bit multiply
+      if (width == kMicroRows) {  // the common case, branch-free: one vector multiply
         for (int64_t r = 0; r < kMicroRows; ++r) dst[r] = f * src[r];
       } else {
         for (int64_t r = 0; r < kMicroRows; ++r) dst[r] = r < width ? f * src[r] : T(0);
@@ -164,7 +186,7 @@ __attribute__((always_inline)) inline void micro_kernel(const T* a, int64_t row_
                                                         int64_t ldc, bool accumulate) {
   constexpr int64_t G = kGroup<T>;
   Vec<T> acc[kMicroRows][PANELS];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < kMicroRows; ++r)
 #pragma GCC unroll 3
     for (int v = 0; v < PANELS; ++v) acc[r][v] = accumulate ? load(c + r * ldc + v * G) : Vec<T>{};
@@ -172,26 +194,26 @@ __attribute__((always_inline)) inline void micro_kernel(const T* a, int64_t row_
     Vec<T> bv[PANELS];
 #pragma GCC unroll 3
     for (int v = 0; v < PANELS; ++v) bv[v] = load(b + v * panel_stride + k * G);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < kMicroRows; ++r) {
       const Vec<T> s = broadcast(a + k * depth_stride + r * row_stride);
 #pragma GCC unroll 3
       for (int v = 0; v < PANELS; ++v) acc[r][v] = multiply_add(s, bv[v], acc[r][v]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < kMicroRows; ++r)
 #pragma GCC unroll 3
     for (int v = 0; v < PANELS; ++v) store(c + r * ldc + v * G, acc[r][v]);
 }
 
-// Where the 4-row A sliver starting at row r begins, and its strides.
+// Where the R-row A sliver starting at row r begins, and its strides.
 struct Sliver {
   const void* base;
   int64_t row_stride, depth_stride;
 };
 
-// C (+)= A B for r < rows (a multiple of 4), columns < panels G, depth `depth` blocked by kc; A's sliver of rows
+// C (+)= A B for r < rows (a multiple of R), columns < panels G, depth `depth` blocked by kc; A's sliver of rows
 // r .. r + 3 from sliver(r), B packed: panel v's element (k, l) at b + v * panel_stride + k * G + l.
 template <typename T, typename SliverOf>
 void gemm(SliverOf sliver, int64_t rows, const T* b, int64_t panel_stride, int64_t panels, int64_t depth, T* C,
@@ -221,8 +243,8 @@ void gemm(SliverOf sliver, int64_t rows, const T* b, int64_t panel_stride, int64
 }
 
 // Scores of a tile: C[r][c] = <a_row(a_row0 + r), b_row(b_panel0 G + c)> for r < a_rows, c < b_panels G, from
-// packed rows (pack_rows) of depth d. a_row0 must be a multiple of 4 and the tile's rows are computed 4 at a time
-// (rows past a_rows within the last 4 are computed too: C needs round_up(a_rows, 4) rows).
+// packed rows (pack_rows) of depth d. a_row0 must be a multiple of R and the tile's rows are computed R at a time
+// (rows past a_rows within the last R are computed too: C needs round_up(a_rows, R) rows).
 template <typename T>
 void gemm_tile(const T* packed_a, int64_t a_row0, int64_t a_rows, const T* packed_b, int64_t b_panel0,
                int64_t b_panels, int64_t d, T* C, int64_t ldc) {
@@ -236,7 +258,7 @@ void gemm_tile(const T* packed_a, int64_t a_row0, int64_t a_rows, const T* packe
           ldc, false);
 }
 
-// C (+)= M X: M a row-major tile (rows x depth, leading dimension ld, rows readable up to a multiple of 4), X
+// C (+)= M X: M a row-major tile (rows x depth, leading dimension ld, rows readable up to a multiple of R), X
 // packed by pack_columns (b: its row 0 of the depth, panel stride n G).
 template <typename T>
 void gemm_rows(const T* M, int64_t ld, int64_t rows, int64_t depth, const T* b, int64_t panel_stride, int64_t panels,
@@ -254,4 +276,4 @@ void gemm_transposed(const T* packed_mt, int64_t rows, int64_t depth, const T* b
 }
 
 }  // namespace tile_gemm
-}  // namespace mmrec_fast
+MMREC_FAST_ISA_END

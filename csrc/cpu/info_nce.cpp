@@ -70,7 +70,7 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-namespace mmrec_fast {
+MMREC_FAST_ISA_BEGIN
 namespace {
 
 constexpr int64_t kRowBlock = 256;                  // rows of a block (the K of the dY GEMM)
@@ -95,10 +95,7 @@ template <> struct Simd<float> {
   static V lane_index() { return V{0, 1, 2, 3, 4, 5, 6, 7}; }
   // a * b + c with one rounding where the CPU has FMA (the file's no-contraction rule is about the exponent's
   // argument, not about exp's own polynomial).
-  static V fma(V a, V b, V c) {
-    using W = tile_gemm::Float8;
-    return (V)tile_gemm::multiply_add((W)a, (W)b, (W)c);
-  }
+  static V fma(V a, V b, V c) { return simd::multiply_add(a, b, c); }
   // exp(x), Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 polynomial (Horner with FMA),
   // 2^n through the exponent bits (n by the 1.5 * 2^23 rounding trick). About 1 ulp; exactly 0 below ln(FLT_MIN)
   // (and for -inf).
@@ -294,9 +291,10 @@ Problem<T> make_problem(const at::Tensor& x, const at::Tensor& y, double tempera
   const int64_t blocks = (p.B + kRowBlock - 1) / kRowBlock;
   const int64_t per_group = std::max<int64_t>(1, p.B * p.dp * static_cast<int64_t>(sizeof(T)) * num_partials);
   p.groups = std::max<int64_t>(1, std::min({blocks, kMaxGroups, kPartialBytes / per_group}));
-  // A multiple of the lane count: vector passes over a chunk of a strip never spill into the next chunk.
-  p.chunk = std::max<int64_t>(1, kTileBytes / (kRowBlock * static_cast<int64_t>(sizeof(T))) / Simd<T>::kLanes) *
-            Simd<T>::kLanes;
+  // A multiple of the lane count and of the panel width: vector passes over a chunk of a strip never spill into
+  // the next chunk, and chunks start on whole panels.
+  constexpr int64_t unit = std::max<int64_t>(Simd<T>::kLanes, tile_gemm::kGroup<T>);
+  p.chunk = std::max<int64_t>(1, kTileBytes / (kRowBlock * static_cast<int64_t>(sizeof(T))) / unit) * unit;
   return p;
 }
 
@@ -345,11 +343,11 @@ int64_t tile_ld(int64_t columns) {
   return tile_gemm::round_up(columns, tile_gemm::kGroup<T>) + 64 / static_cast<int64_t>(sizeof(T));
 }
 
-// Rows a tile buffer of br logit rows needs: tile_gemm.h computes and reads rows 4 at a time.
+// Rows a tile buffer of br logit rows needs: tile_gemm.h computes and reads rows kMicroRows at a time.
 inline int64_t tile_rows(int64_t br) { return tile_gemm::round_up(br, tile_gemm::kMicroRows); }
 
 // Raw logit tile of `pair` (values x_i . y_j, without the scale s) for rows [i0, i1) and columns [j0, j0 + bc) into
-// t (leading dimension ld; rows past i1 up to a multiple of 4 get the zero rows of the packing); the intra-view
+// t (leading dimension ld; rows past i1 up to a multiple of kMicroRows get the zero rows of the packing); the intra-view
 // diagonals, which are no negatives, set to -inf.
 template <typename T>
 void logit_tile(const Problem<T>& p, Pair pair, int64_t i0, int64_t i1, int64_t j0, int64_t bc, T* t, int64_t ld) {
@@ -510,7 +508,7 @@ void gradient_fused_fixed_shift(const GradientBlock<T>& block, int64_t row_block
   const int64_t ldt = tile_ld<T>(p.chunk);
   at::Tensor tile = at::empty({tile_rows(br), ldt}, options);
   T* t = tile.data_ptr<T>();
-  // Per pair: E^T of the strip, (round_up(B, 4), br) in 4-row slivers.
+  // Per pair: E^T of the strip, (round_up(B, kMicroRows), br) in kMicroRows-row slivers.
   const int64_t kept_stride = tile_gemm::round_up(B, tile_gemm::kMicroRows) * row_block;
   if (!kept_buffer.defined()) kept_buffer = at::empty({num_strips * kept_stride}, options);
   std::vector<T*> kept;
@@ -608,7 +606,7 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
   }
   const int64_t ld = tile_ld<T>(window);
   const at::TensorOptions options = p.x.options();
-  // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and 4-row slivers): the row-owned parts (dX_I,
+  // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and kMicroRows-row slivers): the row-owned parts (dX_I,
   // and dY_I of intra-view BB tiles, written by block I's task only) and each group's column parts.
   const int64_t Bp = tile_gemm::round_up(B, G);
   const bool has_bb = p.intra && p.symmetric;  // the only tiles whose rows are rows of y
@@ -786,6 +784,9 @@ void finish_gradient(const Problem<T>& p, const Rows& rows, bool normalize, doub
 }
 
 // info_nce: per-row losses and the log-sum-exps the backward needs.
+}  // namespace
+
+// The entry points (one per variant: csrc/common/isa.h).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> info_nce_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
                                                             const at::Tensor& temperature, bool normalize,
                                                             bool symmetric, bool intra) {
@@ -871,12 +872,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> info_nce_fused_cpu(
   return {loss, grad_a, grad_b, grad_t.to(temperature.scalar_type())};
 }
 
-}  // namespace
+MMREC_FAST_ISA_END
+
+// The baseline compilation registers the op, dispatching to the variant chosen at load time.
+#if defined(MMREC_FAST_ISA_REGISTERS)
+namespace mmrec_fast {
+
+MMREC_FAST_ISA_VARIANTS(info_nce_cpu)
+MMREC_FAST_ISA_VARIANTS(info_nce_backward_cpu)
+MMREC_FAST_ISA_VARIANTS(info_nce_fused_cpu)
 
 TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) {
-  m.impl("info_nce", &info_nce_cpu);
-  m.impl("info_nce_backward", &info_nce_backward_cpu);
-  m.impl("info_nce_fused", &info_nce_fused_cpu);
+  m.impl("info_nce", MMREC_FAST_ISA_DISPATCH(info_nce_cpu));
+  m.impl("info_nce_backward", MMREC_FAST_ISA_DISPATCH(info_nce_backward_cpu));
+  m.impl("info_nce_fused", MMREC_FAST_ISA_DISPATCH(info_nce_fused_cpu));
 }
 
 }  // namespace mmrec_fast
+#endif

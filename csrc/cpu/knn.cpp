@@ -14,8 +14,9 @@
 //    left without partner does its diagonal tile), so the tiles of one round touch disjoint rows and the threads
 //    update the shared top-k rows without locks, atomics or per-thread copies; a round ends at the parallel_for
 //    barrier. The block count is chosen so that a round's tiles split evenly over the threads.
-//  * Tile edge T from the score-tile budget (tile_bytes per thread, default 256 KiB: T = 256 for float32, so the
-//    tile and the streamed A panels share a 512 KiB L2); memory is O(N k + N d) whatever N.
+//  * Tile edge T from the score-tile budget (tile_bytes per thread, default kDefaultTileBytes of tile_topk.h: 256
+//    KiB, T = 256 for float32, with 256-bit vectors; 729 KiB, T = 432, with AVX-512); memory is O(N k + N d)
+//    whatever N.
 //  * Deterministic: scores do not depend on the schedule, the tile size or the thread count, and the selected
 //    (value desc, index asc) set does not depend on the order candidates arrive in.
 
@@ -28,16 +29,15 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
 
-namespace mmrec_fast {
+MMREC_FAST_ISA_BEGIN
 namespace {
 
 using namespace tile_topk;
-
-constexpr int64_t kDefaultTileBytes = 256 * 1024;
 
 // The tasks of the round-robin tournament over `blocks` blocks, round by round: (I, J) with I < J, or (I, I) for
 // a diagonal tile. Every pair I < J appears once, every diagonal once; the tasks of a round share no block.
@@ -67,24 +67,25 @@ std::vector<std::vector<std::pair<int64_t, int64_t>>> tournament_rounds(int64_t 
 // few counts up) ceil(blocks / 2) tasks per round divisible by the thread count, so no thread idles at a barrier.
 std::pair<int64_t, int64_t> choose_blocks(int64_t n, int64_t max_edge, int64_t threads) {
   int64_t blocks = std::max<int64_t>((n + max_edge - 1) / max_edge, 1);
-  blocks = std::max(blocks, std::min<int64_t>(2 * threads, (n + 7) / 8));
-  for (int64_t candidate = blocks; candidate < blocks + 2 * threads && candidate * 8 <= n; ++candidate) {
+  constexpr int64_t step = kEdgeMultiple;  // edges start tiles on whole panels
+  blocks = std::max(blocks, std::min<int64_t>(2 * threads, (n + step - 1) / step));
+  for (int64_t candidate = blocks; candidate < blocks + 2 * threads && candidate * step <= n; ++candidate) {
     if (((candidate + 1) / 2) % threads == 0) {
       blocks = candidate;
       break;
     }
   }
-  const int64_t edge = ((n + blocks - 1) / blocks + 7) / 8 * 8;
+  const int64_t edge = ((n + blocks - 1) / blocks + step - 1) / step * step;
   return {(n + edge - 1) / edge, edge};
 }
 
 template <typename T>
-void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, int64_t tile_bytes, T* out_values,
-                int64_t* out_index) {
+void knn_kernel(const T* x, const T* row_norms, int64_t n, int64_t d, int64_t k, bool exclude_self,
+                int64_t tile_bytes, T* out_values, int64_t* out_index) {
   constexpr int64_t G = kGroup<T>;
   const int64_t threads = at::get_num_threads();
   const auto [blocks, edge] = choose_blocks(n, tile_edge<T>(tile_bytes), threads);
-  const at::Tensor packed_storage = pack_rows(x, n, d);
+  const at::Tensor packed_storage = pack_rows(x, n, d, row_norms);  // normalised while packed, with row_norms
   const T* packed = packed_storage.data_ptr<T>();
   RowTopK<T> top(n, k);
   at::Tensor tiles = at::empty({threads, edge * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
@@ -114,7 +115,11 @@ void knn_kernel(const T* x, int64_t n, int64_t d, int64_t k, bool exclude_self, 
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) { top.finish(begin, end, out_values, out_index); });
 }
 
-std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool exclude_self, int64_t tile_bytes) {
+}  // namespace
+
+// The entry point (one per variant: csrc/common/isa.h).
+std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool exclude_self, int64_t tile_bytes,
+                                           const std::optional<at::Tensor>& row_norms) {
   TORCH_CHECK(x.device().is_cpu(), "knn (native CPU): x must be a CPU tensor");
   TORCH_CHECK(x.dim() == 2, "knn (native CPU): x must be 2-D (n, d), got shape ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
@@ -123,20 +128,36 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool 
   TORCH_CHECK(n < std::numeric_limits<int32_t>::max(), "knn (native CPU): at most 2^31 - 2 rows, got ", n);
   const int64_t limit = std::max<int64_t>(n - (exclude_self ? 1 : 0), 0);  // k = 0 of zero rows is fine
   TORCH_CHECK(k >= 0 && k <= limit, "knn (native CPU): k=", k, " must be in [0, ", limit, "]");
+  at::Tensor norms;
+  if (row_norms.has_value()) {
+    norms = row_norms->contiguous();
+    TORCH_CHECK(norms.device().is_cpu() && norms.scalar_type() == x.scalar_type() && norms.dim() == 1 &&
+                    norms.size(0) == n,
+                "knn (native CPU): row_norms must be a CPU tensor of shape (", n, ",) and dtype ", x.scalar_type(),
+                ", got ", norms.sizes(), " ", norms.scalar_type());
+  }
   const at::Tensor xc = x.contiguous();
   at::Tensor values = at::empty({n, k}, x.options());
   at::Tensor indices = at::empty({n, k}, x.options().dtype(at::kLong));
   if (n == 0 || k == 0) return {values, indices};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "knn_cpu", [&] {
-    knn_kernel<scalar_t>(xc.data_ptr<scalar_t>(), n, d, k, exclude_self,
+    knn_kernel<scalar_t>(xc.data_ptr<scalar_t>(), norms.defined() ? norms.data_ptr<scalar_t>() : nullptr, n, d, k,
+                         exclude_self,
                          tile_bytes > 0 ? tile_bytes : kDefaultTileBytes, values.data_ptr<scalar_t>(),
                          indices.data_ptr<int64_t>());
   });
   return {values, indices};
 }
 
-}  // namespace
+MMREC_FAST_ISA_END
 
-TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("knn", &knn_cpu); }
+// The baseline compilation registers the op, dispatching to the variant chosen at load time.
+#if defined(MMREC_FAST_ISA_REGISTERS)
+namespace mmrec_fast {
+
+MMREC_FAST_ISA_VARIANTS(knn_cpu)
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("knn", MMREC_FAST_ISA_DISPATCH(knn_cpu)); }
 
 }  // namespace mmrec_fast
+#endif

@@ -37,7 +37,7 @@
 #include <mutex>
 #include <vector>
 
-namespace mmrec_fast {
+MMREC_FAST_ISA_BEGIN
 namespace {
 
 constexpr int64_t kPrefetchDistance = 12;
@@ -245,6 +245,9 @@ int64_t checked_columns(const at::Tensor& rowptr, const at::Tensor& col) {
   return columns;
 }
 
+}  // namespace
+
+// The entry point (one per variant: csrc/common/isa.h).
 at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& col,
                          const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& left,
                          const std::optional<at::Tensor>& right, const std::optional<at::Tensor>& /*t_rowptr*/,
@@ -280,8 +283,15 @@ at::Tensor propagate_cpu(const at::Tensor& x, const at::Tensor& rowptr, const at
   });
 }
 
-}  // namespace
+MMREC_FAST_ISA_END
 
-TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("propagate", &propagate_cpu); }
+// The baseline compilation registers the op, dispatching to the variant chosen at load time.
+#if defined(MMREC_FAST_ISA_REGISTERS)
+namespace mmrec_fast {
+
+MMREC_FAST_ISA_VARIANTS(propagate_cpu)
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("propagate", MMREC_FAST_ISA_DISPATCH(propagate_cpu)); }
 
 }  // namespace mmrec_fast
+#endif

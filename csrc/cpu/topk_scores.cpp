@@ -25,12 +25,10 @@
 #include <tuple>
 #include <vector>
 
-namespace mmrec_fast {
+MMREC_FAST_ISA_BEGIN
 namespace {
 
 using namespace tile_topk;
-
-constexpr int64_t kDefaultTileBytes = 256 * 1024;
 
 template <typename T>
 void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, int64_t num_keys, int64_t d, int64_t k,
@@ -81,6 +79,9 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
   });
 }
 
+}  // namespace
+
+// The entry point (one per variant: csrc/common/isa.h).
 std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& queries, const at::Tensor& keys, int64_t k,
                                                    const std::optional<at::Tensor>& exclude_rowptr,
                                                    const std::optional<at::Tensor>& exclude_col, int64_t tile_bytes) {
@@ -132,8 +133,15 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& queries, co
   return {values, indices};
 }
 
-}  // namespace
+MMREC_FAST_ISA_END
 
-TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("topk_scores", &topk_scores_cpu); }
+// The baseline compilation registers the op, dispatching to the variant chosen at load time.
+#if defined(MMREC_FAST_ISA_REGISTERS)
+namespace mmrec_fast {
+
+MMREC_FAST_ISA_VARIANTS(topk_scores_cpu)
+
+TORCH_LIBRARY_IMPL(mmrec_fast, CPU, m) { m.impl("topk_scores", MMREC_FAST_ISA_DISPATCH(topk_scores_cpu)); }
 
 }  // namespace mmrec_fast
+#endif

@@ -24,7 +24,7 @@ import torch
 
 from .. import _native, backends, reference
 from ..graph import Graph, degree_scale
-from ..reference.knn import normalize_rows
+from ..reference.knn import normalize_rows, row_norms
 from .topk_scores import score_tile_bytes, triton_k_limit
 
 SUPPORT = backends.OpSupport(
@@ -62,7 +62,7 @@ KNN_GRAPH_NORMS = ("sym", "rw", None)
 
 def _register_native() -> None:
     @torch.library.register_fake("mmrec_fast::knn")
-    def _fake(x, k, exclude_self, tile_bytes):
+    def _fake(x, k, exclude_self, tile_bytes, row_norms):
         return x.new_empty(x.shape[0], k), x.new_empty(x.shape[0], k, dtype=torch.int64)
 
 
@@ -82,11 +82,18 @@ def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
     return int(k)
 
 
-def _check_features(op_name: str, name: str, x) -> None:
+def _check_features(op_name: str, name: str, x, norms: Optional[torch.Tensor] = None) -> None:
+    """Argument checks of the features x; with their row norms (``row_norms(x)``) the finiteness check reads the
+    norms instead of x: a NaN or inf entry makes its row's norm NaN or inf, so finite norms mean finite rows (and
+    x itself is checked only when some norm is not finite, which an overflow of finite values can also cause)."""
     backends.check_float_matrix(op_name, name, x)
     backends.check_has_data(f"{op_name}: {name}", x)
     # A data-dependent check: skipped while torch.compile traces (compiled callers get no NaN/inf error).
-    if not torch.compiler.is_compiling() and x.numel() and not bool(torch.isfinite(x).all()):
+    if torch.compiler.is_compiling() or not x.numel():
+        return
+    if norms is not None and bool(torch.isfinite(norms).all()):
+        return
+    if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{op_name}: {name} holds NaN or inf")
 
 
@@ -110,15 +117,22 @@ def knn(
             gradient); a differentiable version for learned graphs is ``(x_hat[:, None] * x_hat[indices]).sum(-1)``.
         indices: (n, k) int64; among equal similarities the lower index comes first, on every backend.
     """
-    _check_features("knn", "x", x)
+    backends.check_float_matrix("knn", "x", x)
+    backends.check_has_data("knn: x", x)
     k = _check_k("knn", k, x.shape[0], bool(exclude_self))
     chosen = backends.resolve(SUPPORT, x, backend, k=k)
     with torch.no_grad():
+        if chosen == "native":
+            # The kernel divides the rows by their norms while it packs them (bitwise normalize_rows' x / norm):
+            # one pass over x for the norms instead of normalize_rows' three and the finiteness check's one.
+            x_acc = x.detach().to(backends.accumulation_dtype(x.dtype)).contiguous()
+            norms = row_norms(x_acc)
+            _check_features("knn", "x", x, norms)
+            return torch.ops.mmrec_fast.knn(x_acc, k, bool(exclude_self), score_tile_bytes(), norms.view(-1))
+        _check_features("knn", "x", x)
         if chosen == "reference":
             return reference.knn(x, k, bool(exclude_self))
         x_hat = normalize_rows(x.detach()).contiguous()
-        if chosen == "native":
-            return torch.ops.mmrec_fast.knn(x_hat, k, bool(exclude_self), score_tile_bytes())
         return torch.ops.mmrec_fast.knn_triton(x_hat, k, bool(exclude_self))
 
 

@@ -12,13 +12,19 @@ import torch
 from ..backends import accumulation_dtype
 
 
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """x: (n, d) floating -> (n, 1) L2 norms of the rows, in the accumulation dtype: the divisors of normalize_rows
+    (the native knn divides by them while it packs the rows)."""
+    return torch.norm(x.to(accumulation_dtype(x.dtype)), p=2, dim=-1, keepdim=True)
+
+
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """x: (n, d) floating -> (n, d) rows divided by their L2 norm, in the accumulation dtype; zero rows stay zero.
 
     The same expression as the references (``x.div(torch.norm(x, p=2, dim=-1, keepdim=True))``) on every row with
     a nonzero norm. Every backend of ``knn`` selects among the products of these rows."""
     x = x.to(accumulation_dtype(x.dtype))
-    norm = torch.norm(x, p=2, dim=-1, keepdim=True)
+    norm = row_norms(x)
     return torch.where(norm > 0, x.div(norm), torch.zeros_like(x))
 
 

@@ -1,0 +1,3 @@
+// The AVX-512 (F/BW/DQ/VL) + AVX2 + FMA variant of csrc/cpu/topk_scores.cpp (csrc/common/isa.h).
+#define MMREC_FAST_ISA_AVX512
+#include "../topk_scores.cpp"
