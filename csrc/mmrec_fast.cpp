@@ -9,6 +9,7 @@
 
 #include "common/isa.h"
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 

@@ -26,8 +26,6 @@
 #include <immintrin.h>
 #endif
 
-#include <atomic>
-#include <stdexcept>
 #include <string>
 
 // The targets are the feature lists of the x86-64-v3 level (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE over v2), as

@@ -214,7 +214,7 @@ struct Sliver {
 };
 
 // C (+)= A B for r < rows (a multiple of R), columns < panels G, depth `depth` blocked by kc; A's sliver of rows
-// r .. r + 3 from sliver(r), B packed: panel v's element (k, l) at b + v * panel_stride + k * G + l.
+// r .. r + R - 1 from sliver(r), B packed: panel v's element (k, l) at b + v * panel_stride + k * G + l.
 template <typename T, typename SliverOf>
 void gemm(SliverOf sliver, int64_t rows, const T* b, int64_t panel_stride, int64_t panels, int64_t depth, T* C,
           int64_t ldc, bool accumulate) {

@@ -347,8 +347,8 @@ int64_t tile_ld(int64_t columns) {
 inline int64_t tile_rows(int64_t br) { return tile_gemm::round_up(br, tile_gemm::kMicroRows); }
 
 // Raw logit tile of `pair` (values x_i . y_j, without the scale s) for rows [i0, i1) and columns [j0, j0 + bc) into
-// t (leading dimension ld; rows past i1 up to a multiple of kMicroRows get the zero rows of the packing); the intra-view
-// diagonals, which are no negatives, set to -inf.
+// t (leading dimension ld; rows past i1 up to a multiple of kMicroRows get the zero rows of the packing); the
+// intra-view diagonals, which are no negatives, set to -inf.
 template <typename T>
 void logit_tile(const Problem<T>& p, Pair pair, int64_t i0, int64_t i1, int64_t j0, int64_t bc, T* t, int64_t ld) {
   constexpr int64_t G = tile_gemm::kGroup<T>;
@@ -606,8 +606,8 @@ void gradient(const Problem<T>& p, const T* g_rows, T* lse_a, const T* lse_b, bo
   }
   const int64_t ld = tile_ld<T>(window);
   const at::TensorOptions options = p.x.options();
-  // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and kMicroRows-row slivers): the row-owned parts (dX_I,
-  // and dY_I of intra-view BB tiles, written by block I's task only) and each group's column parts.
+  // Gradients in (Bp, dp) buffers (tile_gemm.h writes whole panels and kMicroRows-row slivers): the row-owned parts
+  // (dX_I, and dY_I of intra-view BB tiles, written by block I's task only) and each group's column parts.
   const int64_t Bp = tile_gemm::round_up(B, G);
   const bool has_bb = p.intra && p.symmetric;  // the only tiles whose rows are rows of y
   at::Tensor own_x = at::zeros({Bp, dp}, options), own_y = has_bb ? at::zeros({Bp, dp}, options) : at::Tensor();

@@ -142,8 +142,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& x, int64_t k, bool 
   if (n == 0 || k == 0) return {values, indices};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "knn_cpu", [&] {
     knn_kernel<scalar_t>(xc.data_ptr<scalar_t>(), norms.defined() ? norms.data_ptr<scalar_t>() : nullptr, n, d, k,
-                         exclude_self,
-                         tile_bytes > 0 ? tile_bytes : kDefaultTileBytes, values.data_ptr<scalar_t>(),
+                         exclude_self, tile_bytes > 0 ? tile_bytes : kDefaultTileBytes, values.data_ptr<scalar_t>(),
                          indices.data_ptr<int64_t>());
   });
   return {values, indices};

@@ -82,12 +82,16 @@ def _check_k(op_name: str, k, n: int, exclude_self: bool) -> int:
     return int(k)
 
 
-def _check_features(op_name: str, name: str, x, norms: Optional[torch.Tensor] = None) -> None:
-    """Argument checks of the features x; with their row norms (``row_norms(x)``) the finiteness check reads the
-    norms instead of x: a NaN or inf entry makes its row's norm NaN or inf, so finite norms mean finite rows (and
-    x itself is checked only when some norm is not finite, which an overflow of finite values can also cause)."""
+def _check_feature_matrix(op_name: str, name: str, x) -> None:
+    """The checks of the features x that read no values: a float matrix with data (not a meta tensor)."""
     backends.check_float_matrix(op_name, name, x)
     backends.check_has_data(f"{op_name}: {name}", x)
+
+
+def _check_finite(op_name: str, name: str, x, norms: Optional[torch.Tensor] = None) -> None:
+    """x holds no NaN or inf. With its row norms (``row_norms(x)``) the check reads the norms instead of x: a NaN or
+    inf entry makes its row's norm NaN or inf, so finite norms mean finite rows (and x itself is read only when some
+    norm is not finite, which an overflow of finite values can also cause)."""
     # A data-dependent check: skipped while torch.compile traces (compiled callers get no NaN/inf error).
     if torch.compiler.is_compiling() or not x.numel():
         return
@@ -95,6 +99,12 @@ def _check_features(op_name: str, name: str, x, norms: Optional[torch.Tensor] = 
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{op_name}: {name} holds NaN or inf")
+
+
+def _check_features(op_name: str, name: str, x) -> None:
+    """All the checks of the features x."""
+    _check_feature_matrix(op_name, name, x)
+    _check_finite(op_name, name, x)
 
 
 def knn(
@@ -117,8 +127,7 @@ def knn(
             gradient); a differentiable version for learned graphs is ``(x_hat[:, None] * x_hat[indices]).sum(-1)``.
         indices: (n, k) int64; among equal similarities the lower index comes first, on every backend.
     """
-    backends.check_float_matrix("knn", "x", x)
-    backends.check_has_data("knn: x", x)
+    _check_feature_matrix("knn", "x", x)
     k = _check_k("knn", k, x.shape[0], bool(exclude_self))
     chosen = backends.resolve(SUPPORT, x, backend, k=k)
     with torch.no_grad():
@@ -127,9 +136,9 @@ def knn(
             # one pass over x for the norms instead of normalize_rows' three and the finiteness check's one.
             x_acc = x.detach().to(backends.accumulation_dtype(x.dtype)).contiguous()
             norms = row_norms(x_acc)
-            _check_features("knn", "x", x, norms)
+            _check_finite("knn", "x", x, norms)
             return torch.ops.mmrec_fast.knn(x_acc, k, bool(exclude_self), score_tile_bytes(), norms.view(-1))
-        _check_features("knn", "x", x)
+        _check_finite("knn", "x", x)
         if chosen == "reference":
             return reference.knn(x, k, bool(exclude_self))
         x_hat = normalize_rows(x.detach()).contiguous()

@@ -1,3 +1,3 @@
-// The AVX-512 (F/BW/DQ/VL) + AVX2 + FMA variant of csrc/cpu/topk_scores.cpp (csrc/common/isa.h).
+// The AVX-512 (x86-64-v4: F/BW/CD/DQ/VL) + AVX2 + FMA variant of csrc/cpu/topk_scores.cpp (csrc/common/isa.h).
 #define MMREC_FAST_ISA_AVX512
 #include "../topk_scores.cpp"
