@@ -206,6 +206,21 @@ def test_exact_agreement_at_the_default_tile_budget(backend, device):
         assert_exactly_reference(x, k, False, backend, torch.float32, device)
 
 
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_native_diagonal_tiles_compute_their_upper_triangle_and_mirror_it(monkeypatch, dtype, exclude_self):
+    # 200 x 200 float32 tiles (edge 192 or 160 with 16-wide panels, 192 with 8-wide ones): a diagonal tile spans
+    # several micro-kernel blocks on either side of its diagonal, so some are skipped and their scores mirrored;
+    # 451 rows end on a partial tile, and "duplicated" rows tie across the diagonal
+    from mmrec_fast.ops.topk_scores import TUNING
+
+    monkeypatch.setitem(TUNING, "score_tile_bytes", 200 * 200 * 4)
+    x = dyadic_features(451, 40, "duplicated", seed=11).to(dtype)
+    for k in (1, 10, 50):
+        assert_exactly_reference(x, k, exclude_self, "native", dtype)
+
+
 @pytest.mark.parametrize("backend,device", PAIRS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_exact_agreement_in_other_dtypes(backend, device, dtype, small_tiles):

@@ -6,8 +6,10 @@
 //    once into the per-row running top-k; only one (T x T) score tile per thread exists at a time.
 //  * Symmetry (FAISS, RAFT/cuVS and torch mm + topk all compute the full N^2):
 //    s(i, j) = s(j, i) bitwise (one FMA chain per score, tile_topk.h), so only the block pairs I <= J are
-//    computed. An off-diagonal tile offers each score to its row and to its column, a diagonal tile to its rows:
-//    (B + 1) / (2B) of the multiply-adds of the full product for B blocks.
+//    computed. An off-diagonal tile offers each score to its row and to its column. A diagonal tile computes only
+//    the micro-kernel blocks that reach its upper triangle (tile_gemm's upper), mirrors that triangle into the
+//    lower one and offers each score to its row: about half the multiply-adds of the full product (without the
+//    triangles, (B + 1) / (2B) for B blocks: 6% more at 7,050 rows and 17 blocks).
 //  * Lock-free schedule: the block pairs are visited in the round-robin tournament order (the circle method; the
 //    "parallel ordering" of Brent & Luk, "The solution of singular-value and symmetric eigenvalue problems on
 //    multiprocessor arrays", SIAM J. Sci. Stat. Comput. 1985). Each round pairs the blocks disjointly (a block
@@ -90,14 +92,23 @@ void knn_kernel(const T* x, const T* row_norms, int64_t n, int64_t d, int64_t k,
   RowTopK<T> top(n, k);
   at::Tensor tiles = at::empty({threads, edge * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
 
-  auto run_task = [&](int64_t I, int64_t J, T* C) {
+  // the operands of the score tile of block pair (I, J)
+  const auto operands = [&](int64_t I, int64_t J) {
+    const int64_t row0 = I * edge, col0 = J * edge;
+    const int64_t valid_cols = std::min(edge, n - col0);
+    return TileOperands<T>{packed, row0, std::min(edge, n - row0), packed, col0 / G, (valid_cols + G - 1) / G};
+  };
+  // next: the operands of the thread's next tile, prefetched while this one computes (or null)
+  auto run_task = [&](int64_t I, int64_t J, T* C, const TileOperands<T>* next) {
     const int64_t row0 = I * edge, col0 = J * edge;
     const int64_t rows = std::min(edge, n - row0), valid_cols = std::min(edge, n - col0);
     const int64_t panels = (valid_cols + G - 1) / G;
     const int64_t cols = panels * G;
-    gemm_tile(packed, row0, rows, packed, col0 / G, panels, d, C, edge);
+    gemm_tile(packed, row0, rows, packed, col0 / G, panels, d, C, edge, I == J, next);
     mask_columns_from(C, edge, rows, valid_cols, cols);
-    if (I == J) {
+    if (I == J) {  // only the upper triangle was computed: mirror it (s(i, j) = s(j, i) bitwise)
+      for (int64_t r = 1; r < rows; ++r)
+        for (int64_t c = 0; c < r; ++c) C[r * edge + c] = C[c * edge + r];
       if (exclude_self)
         for (int64_t r = 0; r < rows; ++r) C[r * edge + r] = -std::numeric_limits<T>::infinity();
       select_tile<T, false>(C, edge, rows, cols, row0, col0, top);
@@ -109,7 +120,11 @@ void knn_kernel(const T* x, const T* row_norms, int64_t n, int64_t d, int64_t k,
   for (const auto& tasks : tournament_rounds(blocks)) {
     at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
       T* C = tiles.data_ptr<T>() + at::get_thread_num() * edge * edge;
-      for (int64_t t = begin; t < end; ++t) run_task(tasks[t].first, tasks[t].second, C);
+      for (int64_t t = begin; t < end; ++t) {
+        const TileOperands<T> next = t + 1 < end ? operands(tasks[t + 1].first, tasks[t + 1].second)
+                                                 : TileOperands<T>{};
+        run_task(tasks[t].first, tasks[t].second, C, t + 1 < end ? &next : nullptr);
+      }
     });
   }
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) { top.finish(begin, end, out_values, out_index); });

@@ -59,7 +59,14 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
         const int64_t valid_cols = std::min(edge, num_keys - col0);
         const int64_t panels = (valid_cols + G - 1) / G;
         const int64_t cols = panels * G;
-        gemm_tile(packed_q, row0, rows, packed_k, col0 / G, panels, d, C, edge);
+        // the next tile, prefetched while this one computes: the next keys of these queries, or the first of the
+        // thread's next block of queries
+        const bool last_col = col0 + edge >= num_keys;
+        const int64_t next_row0 = last_col ? row0 + block_rows : row0, next_col0 = last_col ? 0 : col0 + edge;
+        const TileOperands<T> next{packed_q, next_row0, std::min(block_rows, num_queries - next_row0), packed_k,
+                                   next_col0 / G, (std::min(edge, num_keys - next_col0) + G - 1) / G};
+        const bool has_next = !last_col || block + 1 < end;
+        gemm_tile(packed_q, row0, rows, packed_k, col0 / G, panels, d, C, edge, false, has_next ? &next : nullptr);
         mask_columns_from(C, edge, rows, valid_cols, cols);
         if (exclude_rowptr) {
           for (int64_t r = 0; r < rows; ++r) {
