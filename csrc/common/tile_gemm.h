@@ -111,6 +111,33 @@ inline int64_t round_up(int64_t n, int64_t m) {
 
 // ---- packing -----------------------------------------------------------------------------------------------
 
+// G rows (row r at x + r * row_stride, `depth` consecutive values) -> one (depth, G) panel at out, element (k, l)
+// at k * G + l, row l divided by divisors[l] (0 where it is not > 0) when divisors is given. A G x G block at a
+// time: G contiguous row pieces into a local block (vector loads and divisions), then written out transposed, so
+// no load is strided (7,050 x 4,096 floats, 1 thread, Sapphire Rapids VM: 75 ms element by element, 47-54 ms
+// so, about the memory traffic of the copy).
+template <typename T>
+void pack_whole_panel(const T* x, int64_t row_stride, int64_t depth, const T* divisors, T* out) {
+  constexpr int64_t G = kGroup<T>;
+  T block[G][G];
+  for (int64_t k0 = 0; k0 < depth; k0 += G) {
+    const int64_t width = std::min(G, depth - k0);
+    for (int64_t l = 0; l < G; ++l) {
+      const T* src = x + l * row_stride + k0;
+      const T divisor = divisors ? divisors[l] : T(1);
+      if (divisors && !(divisor > T(0))) {
+        for (int64_t k = 0; k < G; ++k) block[l][k] = T(0);
+      } else if (width == G) {
+        for (int64_t k = 0; k < G; ++k) block[l][k] = divisors ? src[k] / divisor : src[k];
+      } else {
+        for (int64_t k = 0; k < width; ++k) block[l][k] = divisors ? src[k] / divisor : src[k];
+      }
+    }
+    for (int64_t k = 0; k < width; ++k)
+      for (int64_t l = 0; l < G; ++l) out[(k0 + k) * G + l] = block[l][k];
+  }
+}
+
 // The matrix M (rows x depth), M(r, k) = x[r * row_stride + k * depth_stride], -> ceil(rows / G) panels of
 // (depth, G): panel g holds rows gG .. gG + G - 1 of M, element (k, l) at g * depth * G + k * G + l; rows past
 // `rows` are zeros. With divisors (per row of M), M(r, k) / divisors[r] is packed instead (0 where the divisor
@@ -126,6 +153,11 @@ at::Tensor pack_panels(const T* x, int64_t row_stride, int64_t depth_stride, int
   T* out = packed.data_ptr<T>();
   at::parallel_for(0, panels, 1, [&](int64_t g_begin, int64_t g_end) {
     for (int64_t g = g_begin; g < g_end; ++g) {
+      if (depth_stride == 1 && (g + 1) * G <= rows) {  // a whole panel of rows stored along the depth
+        pack_whole_panel(x + g * G * row_stride, row_stride, depth, divisors ? divisors + g * G : nullptr,
+                         out + g * depth * G);
+        continue;
+      }
       for (int64_t k = 0; k < depth; ++k) {
         T* dst = out + (g * depth + k) * G;
         for (int64_t l = 0; l < G; ++l) {
