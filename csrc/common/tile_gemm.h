@@ -127,7 +127,7 @@ void pack_whole_panel(const T* x, int64_t row_stride, int64_t depth, const T* di
       const T divisor = divisors ? divisors[l] : T(1);
       if (divisors && !(divisor > T(0))) {
         for (int64_t k = 0; k < G; ++k) block[l][k] = T(0);
-      } else if (width == G) {
+      } else if (width == G) {  // a constant trip count, so the loop becomes one vector load (and division)
         for (int64_t k = 0; k < G; ++k) block[l][k] = divisors ? src[k] / divisor : src[k];
       } else {
         for (int64_t k = 0; k < width; ++k) block[l][k] = divisors ? src[k] / divisor : src[k];
@@ -279,12 +279,11 @@ void gemm(SliverOf sliver, int64_t rows, const T* b, int64_t panel_stride, int64
     const int64_t kc = std::min(kDepthBlock, depth - p0);
     const bool acc = accumulate || step > 0;
     const std::array<Lines, 2> next = ahead(step);
-    const int64_t next_lines = next[0].count() + next[1].count();
+    const int64_t first = next[0].count(), next_lines = first + next[1].count();
     const int64_t per_call = calls > 0 ? (next_lines + calls - 1) / calls : 0;
     int64_t cursor = 0;
     const auto prefetch_some = [&] {
       for (const int64_t end = std::min(next_lines, cursor + per_call); cursor < end; ++cursor) {
-        const int64_t first = next[0].count();
         const char* line = cursor < first ? next[0].line(cursor) : next[1].line(cursor - first);
         __builtin_prefetch(line, 0, 2);  // prefetcht1: into L2
       }

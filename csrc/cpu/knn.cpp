@@ -100,11 +100,10 @@ void knn_kernel(const T* x, const T* row_norms, int64_t n, int64_t d, int64_t k,
   };
   // next: the operands of the thread's next tile, prefetched while this one computes (or null)
   auto run_task = [&](int64_t I, int64_t J, T* C, const TileOperands<T>* next) {
-    const int64_t row0 = I * edge, col0 = J * edge;
-    const int64_t rows = std::min(edge, n - row0), valid_cols = std::min(edge, n - col0);
-    const int64_t panels = (valid_cols + G - 1) / G;
-    const int64_t cols = panels * G;
-    gemm_tile(packed, row0, rows, packed, col0 / G, panels, d, C, edge, I == J, next);
+    const TileOperands<T> tile = operands(I, J);
+    const int64_t row0 = tile.a_row0, col0 = J * edge, rows = tile.a_rows;
+    const int64_t valid_cols = std::min(edge, n - col0), cols = tile.b_panels * G;
+    gemm_tile(packed, row0, rows, packed, tile.b_panel0, tile.b_panels, d, C, edge, I == J, next);
     mask_columns_from(C, edge, rows, valid_cols, cols);
     if (I == J) {  // only the upper triangle was computed: mirror it (s(i, j) = s(j, i) bitwise)
       for (int64_t r = 1; r < rows; ++r)

@@ -47,6 +47,11 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
   RowTopK<T> top(num_queries, k);
   at::Tensor tiles = at::empty({threads, block_rows * edge}, at::CPU(c10::CppTypeToScalarType<T>::value));
 
+  // the operands of the score tile of queries row0 .. and keys col0 ..
+  const auto operands = [&](int64_t row0, int64_t col0) {
+    return TileOperands<T>{packed_q, row0, std::min(block_rows, num_queries - row0), packed_k, col0 / G,
+                           (std::min(edge, num_keys - col0) + G - 1) / G};
+  };
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     T* C = tiles.data_ptr<T>() + at::get_thread_num() * block_rows * edge;
     std::vector<int64_t> cursor(block_rows);
@@ -57,16 +62,16 @@ void topk_scores_kernel(const T* queries, const T* keys, int64_t num_queries, in
         for (int64_t r = 0; r < rows; ++r) cursor[r] = exclude_rowptr[row0 + r];
       for (int64_t col0 = 0; col0 < num_keys; col0 += edge) {
         const int64_t valid_cols = std::min(edge, num_keys - col0);
-        const int64_t panels = (valid_cols + G - 1) / G;
-        const int64_t cols = panels * G;
+        const TileOperands<T> tile = operands(row0, col0);
+        const int64_t cols = tile.b_panels * G;
         // the next tile, prefetched while this one computes: the next keys of these queries, or the first of the
         // thread's next block of queries
         const bool last_col = col0 + edge >= num_keys;
-        const int64_t next_row0 = last_col ? row0 + block_rows : row0, next_col0 = last_col ? 0 : col0 + edge;
-        const TileOperands<T> next{packed_q, next_row0, std::min(block_rows, num_queries - next_row0), packed_k,
-                                   next_col0 / G, (std::min(edge, num_keys - next_col0) + G - 1) / G};
         const bool has_next = !last_col || block + 1 < end;
-        gemm_tile(packed_q, row0, rows, packed_k, col0 / G, panels, d, C, edge, false, has_next ? &next : nullptr);
+        const TileOperands<T> next =
+            has_next ? operands(last_col ? row0 + block_rows : row0, last_col ? 0 : col0 + edge) : TileOperands<T>{};
+        gemm_tile(packed_q, row0, rows, packed_k, tile.b_panel0, tile.b_panels, d, C, edge, false,
+                  has_next ? &next : nullptr);
         mask_columns_from(C, edge, rows, valid_cols, cols);
         if (exclude_rowptr) {
           for (int64_t r = 0; r < rows; ++r) {
