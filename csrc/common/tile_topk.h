@@ -68,7 +68,17 @@ inline int at_least_mask(DoubleV v, DoubleV t) {
 // (value descending, index ascending): one vector pass, no branches.
 inline int32_t rank_before(const float* values, const int32_t* index, int64_t stride, float v, int32_t j) {
   int32_t rank = 0;
-#if MMREC_FAST_HAS_AVX2
+#if MMREC_FAST_HAS_AVX512  // stride is a multiple of 16 here (G)
+  const __m512 vv = _mm512_set1_ps(v);
+  const __m512i jj = _mm512_set1_epi32(j);
+  for (int64_t t = 0; t < stride; t += 16) {
+    const __m512 x = _mm512_loadu_ps(values + t);
+    const __m512i id = _mm512_loadu_si512(index + t);
+    const __mmask16 before = _mm512_cmp_ps_mask(x, vv, _CMP_GT_OQ) |
+                             (_mm512_cmp_ps_mask(x, vv, _CMP_EQ_OQ) & _mm512_cmpgt_epi32_mask(jj, id));
+    rank += __builtin_popcount(before);
+  }
+#elif MMREC_FAST_HAS_AVX2
   const __m256 vv = _mm256_set1_ps(v);
   const __m256i jj = _mm256_set1_epi32(j);
   for (int64_t t = 0; t < stride; t += 8) {
@@ -87,7 +97,17 @@ inline int32_t rank_before(const float* values, const int32_t* index, int64_t st
 
 inline int32_t rank_before(const double* values, const int32_t* index, int64_t stride, double v, int32_t j) {
   int32_t rank = 0;
-#if MMREC_FAST_HAS_AVX2
+#if MMREC_FAST_HAS_AVX512  // stride is a multiple of 8 here (G)
+  const __m512d vv = _mm512_set1_pd(v);
+  const __m256i jj = _mm256_set1_epi32(j);
+  for (int64_t t = 0; t < stride; t += 8) {
+    const __m512d x = _mm512_loadu_pd(values + t);
+    const __m256i id = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + t));
+    const __mmask8 before = _mm512_cmp_pd_mask(x, vv, _CMP_GT_OQ) |
+                            (_mm512_cmp_pd_mask(x, vv, _CMP_EQ_OQ) & _mm256_cmpgt_epi32_mask(jj, id));
+    rank += __builtin_popcount(before);
+  }
+#elif MMREC_FAST_HAS_AVX2
   const __m256d vv = _mm256_set1_pd(v);
   const __m128i jj = _mm_set1_epi32(j);
   for (int64_t t = 0; t < stride; t += 4) {
@@ -102,6 +122,42 @@ inline int32_t rank_before(const double* values, const int32_t* index, int64_t s
   for (int64_t t = 0; t < stride; ++t) rank += (values[t] > v) | ((values[t] == v) & (index[t] < j));
 #endif
   return rank;
+}
+
+// Slots rank .. k - 2 of a sorted row (values, index) moved one slot up (slot k - 1's pair drops out), then (v, j)
+// written at slot rank. With AVX-512, a vector of slots at a time from the last down: each vector's new contents
+// are its old ones shifted up by one lane with the top lane of the vector below coming in (valignd / valignq),
+// stored to the lanes that move; otherwise two memmoves.
+template <typename T>
+inline void insert_at(T* values, int32_t* index, int64_t k, int32_t rank, T v, int32_t j) {
+#if MMREC_FAST_HAS_AVX512
+  constexpr int64_t G = kGroup<T>;
+  for (int64_t t = (k - 1) / G * G; t >= (rank + 1) / G * G; t -= G) {
+    const int64_t low = std::max<int64_t>(rank + 1 - t, 0), high = std::min<int64_t>(k - 1 - t, G - 1);
+    if (low > high) continue;
+    const uint32_t lanes = ((2u << high) - 1) & ~((1u << low) - 1);  // the lanes l with rank < t + l < k
+    const T* below = t > 0 ? values + t - G : values + t;  // (t = 0: lane 0 never moves, any vector will do)
+    const int32_t* below_index = t > 0 ? index + t - G : index + t;
+    if constexpr (sizeof(T) == 4) {
+      const __m512i shifted = _mm512_alignr_epi32(_mm512_loadu_si512(values + t), _mm512_loadu_si512(below), 15);
+      _mm512_mask_storeu_epi32(values + t, static_cast<__mmask16>(lanes), shifted);
+      const __m512i shifted_index = _mm512_alignr_epi32(_mm512_loadu_si512(index + t), _mm512_loadu_si512(below_index), 15);
+      _mm512_mask_storeu_epi32(index + t, static_cast<__mmask16>(lanes), shifted_index);
+    } else {
+      const __m512i shifted = _mm512_alignr_epi64(_mm512_loadu_si512(values + t), _mm512_loadu_si512(below), 7);
+      _mm512_mask_storeu_epi64(values + t, static_cast<__mmask8>(lanes), shifted);
+      const __m256i shifted_index =
+          _mm256_alignr_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + t)),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below_index)), 7);
+      _mm256_mask_storeu_epi32(index + t, static_cast<__mmask8>(lanes), shifted_index);
+    }
+  }
+#else
+  std::memmove(values + rank + 1, values + rank, (k - 1 - rank) * sizeof(T));
+  std::memmove(index + rank + 1, index + rank, (k - 1 - rank) * sizeof(int32_t));
+#endif
+  values[rank] = v;
+  index[rank] = j;
 }
 
 // For each of n rows, its best k (value, index) pairs so far, sorted by (value descending, index ascending) in two
@@ -150,10 +206,7 @@ struct RowTopK {
     int32_t* row_index = index + row * stride;
     const int32_t rank = rank_before(row_values, row_index, stride, v, j);
     if (rank >= k) return;
-    std::memmove(row_values + rank + 1, row_values + rank, (k - 1 - rank) * sizeof(T));
-    std::memmove(row_index + rank + 1, row_index + rank, (k - 1 - rank) * sizeof(int32_t));
-    row_values[rank] = v;
-    row_index[rank] = j;
+    insert_at(row_values, row_index, k, rank, v, j);
     threshold[row] = row_values[k - 1];
   }
 
