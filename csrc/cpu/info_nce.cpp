@@ -85,13 +85,11 @@ constexpr double kNormEps = 1e-12;                  // F.normalize's default eps
 using simd::Double4;
 using simd::Float8;
 using simd::Int8;
-using simd::Long4;
 
 template <typename T> struct Simd;
 
 template <> struct Simd<float> {
   using V = Float8;
-  using Mask = Int8;
   static constexpr int kLanes = 8;
   static V lane_index() { return V{0, 1, 2, 3, 4, 5, 6, 7}; }
   // a * b + c with one rounding where the CPU has FMA (the file's no-contraction rule is about the exponent's
@@ -127,17 +125,16 @@ template <> struct Simd<float> {
     return underflow ? W{} : result;
   }
 #if MMREC_FAST_HAS_AVX512
-  // 16 lanes in one zmm: half the exp's instructions in the avx512 variant (row_update's main loop)
-  typedef float V16 __attribute__((vector_size(64), aligned(4), may_alias));
+  // 16 lanes in one zmm, the variant's wide vector (simd.h): half the exp's instructions (row_update's main loop)
+  using Wide = simd::WideFloat;
   typedef int32_t Int16 __attribute__((vector_size(64)));
-  static V16 fma(V16 a, V16 b, V16 c) { return (V16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
-  static V16 exp16(V16 x) { return exp_lanes<V16, Int16>(x); }
+  static Wide fma(Wide a, Wide b, Wide c) { return tile_gemm::multiply_add(a, b, c); }
+  static Wide exp16(Wide x) { return exp_lanes<Wide, Int16>(x); }
 #endif
 };
 
 template <> struct Simd<double> {
   using V = Double4;
-  using Mask = Long4;
   static constexpr int kLanes = 4;
   static V lane_index() { return V{0, 1, 2, 3}; }
   static V exp(V x) {
@@ -212,10 +209,9 @@ inline void row_update(T* row, int64_t n, T s, T& m, T& l, bool fixed_shift) {
   int64_t j = 0;
 #if MMREC_FAST_HAS_AVX512
   if constexpr (std::is_same_v<T, float>) {  // two vectors a step, summed low half first: the 8-lane order
-    using V16 = typename S::V16;
     for (; j + 2 * S::kLanes <= whole; j += 2 * S::kLanes) {
-      const V16 e = S::exp16(*reinterpret_cast<const V16*>(row + j) * s - new_m);
-      *reinterpret_cast<V16*>(row + j) = e;
+      const typename S::Wide e = S::exp16(tile_gemm::load(row + j) * s - new_m);
+      tile_gemm::store(row + j, e);
       vsum += (V)__builtin_shufflevector(e, e, 0, 1, 2, 3, 4, 5, 6, 7);
       vsum += (V)__builtin_shufflevector(e, e, 8, 9, 10, 11, 12, 13, 14, 15);
     }
