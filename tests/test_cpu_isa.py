@@ -108,6 +108,29 @@ def test_variant_matches_reference(variant, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_selection_at_every_k_around_vector_and_batch_widths(variant, dtype):
+    """topk_scores and knn exactly the reference's at k on both sides of 8, 16 and 32 (the vector widths and the
+    two-vector candidate batches of tile_topk.h), with small integer scores (every score exact, long runs of ties
+    broken by the lower index), so that batches hold tied candidates, fill whole vectors and straddle them."""
+    g = _generator(11)
+    keys = torch.randint(-2, 3, (300, 6), generator=g).to(dtype)
+    queries = torch.randint(-2, 3, (45, 6), generator=g).to(dtype)
+    queries[0] = 0.0  # every score of this row ties
+    for k in (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 120, 300):
+        values, indices = mmrec_fast.topk_scores(queries, keys, k, backend="native")
+        gold_values, gold_indices = mmrec_fast.topk_scores(queries, keys, k, backend="reference")
+        assert torch.equal(indices, gold_indices), f"{variant}: topk_scores k={k}"
+        assert torch.equal(values, gold_values), f"{variant}: topk_scores k={k}"
+    # rows of four +-1 among 8 coordinates: norm 2, so the normalised rows and their cosines are exact too
+    support = torch.rand(140, 8, generator=g).argsort(dim=1)[:, :4]
+    signs = torch.randint(0, 2, (140, 4), generator=g).to(dtype) * 2 - 1
+    rows = torch.zeros(140, 8, dtype=dtype).scatter_(1, support, signs)
+    for k in (1, 9, 16, 17, 33, 64, 100):
+        assert torch.equal(mmrec_fast.knn(rows, k, exclude_self=True, backend="native")[1],
+                           mmrec_fast.knn(rows, k, exclude_self=True, backend="reference")[1]), f"{variant}: knn k={k}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_variant_deterministic_across_threads(variant, dtype):
     saved = torch.get_num_threads()
     try:
