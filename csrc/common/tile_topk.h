@@ -211,6 +211,7 @@ struct RowTopK {
     threshold[row] = row_values[k - 1];
   }
 
+#if MMREC_FAST_HAS_AVX512  // (compress and expand; see select_tile)
   // The most candidates offer_batch takes: two vectors (topk_scores 19,445 x 7,050, k 50, d 64, 1 thread, the
   // Emerald Rapids VM, best of 3 interleaved runs: 249 ms with one vector, 231 ms with two).
   static constexpr int kBatch = 2 * kGroup<T>;
@@ -226,7 +227,7 @@ struct RowTopK {
   // b offers, without their chain of dependent steps (each offer's rank waits for the previous insertion). Each
   // candidate's slot in the merged row is the number of kept pairs and of batch pairs that rank before it (two
   // rank_before passes, independent across the candidates); the kept pairs fill the other slots below k in order
-  // (with AVX-512 one expand-load a vector).
+  // (one expand-load a vector).
   inline void offer_batch(int64_t row, const T* cv, const int32_t* cj, int b, Scratch& scratch) {
     constexpr int64_t G = kGroup<T>;
     T* row_values = values + row * stride;
@@ -255,7 +256,6 @@ struct RowTopK {
     int64_t next = 0;  // the next kept pair to place
     for (int64_t t = 0; t < k; t += G) {
       const uint32_t lanes = ((1u << std::min<int64_t>(G, k - t)) - 1) & ~taken[t / G];  // slots < k not taken
-#if MMREC_FAST_HAS_AVX512
       if constexpr (sizeof(T) == 4) {
         _mm512_storeu_ps(out_values + t, _mm512_mask_expandloadu_ps(_mm512_loadu_ps(out_values + t),
                                                                    static_cast<__mmask16>(lanes), row_values + next));
@@ -271,20 +271,12 @@ struct RowTopK {
                                 static_cast<__mmask8>(lanes), row_index + next));
       }
       next += __builtin_popcount(lanes);
-#else
-      for (int64_t l = 0; l < G && t + l < k; ++l) {
-        if ((lanes >> l) & 1) {
-          out_values[t + l] = row_values[next];
-          out_index[t + l] = row_index[next];
-          ++next;
-        }
-      }
-#endif
     }
     std::copy(out_values, out_values + k, row_values);
     std::copy(out_index, out_index + k, row_index);
     threshold[row] = row_values[k - 1];
   }
+#endif
 
   // Rows [row_begin, row_end) into out_values (n, k) of T and out_index (n, k) int64 (already in order); slots
   // without a candidate get (-inf, -1).
@@ -300,11 +292,12 @@ struct RowTopK {
   }
 };
 
+#if MMREC_FAST_HAS_AVX512
 // The pairs (v[c], j_c), c < n, whose value reaches `threshold` (and is no -inf), appended in order to (values,
 // index), which have room for n + G entries; returns how many. j_c = index_in[c], or col0 + c without index_in.
-// v (and index_in) are read a whole vector at a time (up to n rounded up to G). One vector compare per G values
-// and no branch on its outcome (AVX-512: the passing lanes compressed into place; otherwise appended lane by
-// lane, a store each, the count advanced by the lane's bit).
+// v (and index_in) are read a whole vector at a time (up to n rounded up to G). One vector compare per G values,
+// the passing lanes compressed into place, no branch on the outcome (skipping the vectors without candidates,
+// most of them, mispredicted more than it saved).
 template <typename T>
 inline int64_t gather_candidates(const T* v, int64_t n, const int32_t* index_in, int64_t col0, T threshold, T* values,
                                  int32_t* index) {
@@ -315,7 +308,6 @@ inline int64_t gather_candidates(const T* v, int64_t n, const int32_t* index_in,
     const Vec<T> x = load(v + c);
     int mask = at_least_mask(x, t);
     if (c + G > n) mask &= (1 << (n - c)) - 1;
-#if MMREC_FAST_HAS_AVX512
     const __m512i j = index_in != nullptr
                           ? _mm512_loadu_si512(index_in + c)
                           : _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(col0 + c)),
@@ -329,31 +321,28 @@ inline int64_t gather_candidates(const T* v, int64_t n, const int32_t* index_in,
                           _mm256_maskz_compress_epi32(static_cast<__mmask8>(mask), _mm512_castsi512_si256(j)));
     }
     count += __builtin_popcount(mask);
-#else
-    for (int l = 0; l < G; ++l) {
-      values[count] = v[c + l];
-      index[count] = index_in != nullptr ? index_in[c + l] : static_cast<int32_t>(col0 + c + l);
-      count += (mask >> l) & 1;
-    }
-#endif
   }
   return count;
 }
+#endif
 
 // Scan a score tile into the running top-k. Rows r < rows of C (ldc columns) are global rows row0 + r; columns c < cols
 // are global indices col0 + c (cols a multiple of G; scores of columns past the valid ones must be -inf).
 // Every score is offered to its row; with COLUMNS, also to row col0 + c as candidate row0 + r (the symmetric
 // case: the tile's transpose is the tile of the mirrored block pair).
-// Rows only (topk_scores, knn's diagonal tiles): a row's scores are first filtered against its threshold as it was
-// when the row's scan began (gather_candidates), then taken kBatch at a time, filtered again against the current
-// threshold and offered together (offer_batch; a lone survivor by offer, for which the batch's bookkeeping costs
-// more than it saves). Offered from inside the scan, one by one, every vector's compare and branch hung on the
-// previous offer's insertion: about 30 ns an offer on the Emerald Rapids VM, whatever k. topk_scores (19,445 x
-// 7,050, k 50, 1 thread, best of 3 interleaved runs) went from 321 to 231 ms at d 64 and 867 to 777 ms at d 384.
-// With COLUMNS the scores are offered from inside the scan (each to its row and to its column's row).
+// Offered from inside the scan, one by one, every vector's compare and branch waits on the previous offer's
+// insertion: about 30 ns an offer on the Emerald Rapids VM, whatever k. So with AVX-512, rows only (topk_scores,
+// knn's diagonal tiles): a row's scores are first filtered against its threshold as it was when the row's scan
+// began (gather_candidates), then taken kBatch at a time, filtered again against the current threshold and offered
+// together (offer_batch; a lone survivor by offer, for which the batch's bookkeeping costs more than it saves).
+// topk_scores (19,445 x 7,050, k 50, 1 thread, best of 3 interleaved runs) went from 321 to 231 ms at d 64 and
+// from 867 to 777 ms at d 384. Without compress / expand (AVX2), the same batches were slower: k 10, 276 ->
+// 286-360 ms; k 50, 447 -> 464-503 ms. So the avx2 and baseline variants, and the symmetric tiles, offer from
+// inside the scan.
 template <typename T, bool COLUMNS>
 void select_tile(const T* C, int64_t ldc, int64_t rows, int64_t cols, int64_t row0, int64_t col0, RowTopK<T>& top) {
   constexpr int64_t G = kGroup<T>;
+#if MMREC_FAST_HAS_AVX512
   if constexpr (!COLUMNS) {
     constexpr int64_t kBatch = RowTopK<T>::kBatch;
     std::vector<T> candidate_values(cols + G);
@@ -375,6 +364,7 @@ void select_tile(const T* C, int64_t ldc, int64_t rows, int64_t cols, int64_t ro
     }
     return;
   }
+#endif
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = row0 + r;
     const T* c_row = C + r * ldc;
@@ -382,7 +372,7 @@ void select_tile(const T* C, int64_t ldc, int64_t rows, int64_t cols, int64_t ro
     for (int64_t c = 0; c < cols; c += G) {
       const Vec<T> v = load(c_row + c);
       int row_mask = at_least_mask(v, row_threshold);
-      int col_mask = at_least_mask(v, load(top.threshold + col0 + c));
+      int col_mask = COLUMNS ? at_least_mask(v, load(top.threshold + col0 + c)) : 0;
       while (row_mask) {
         const int l = __builtin_ctz(row_mask);
         row_mask &= row_mask - 1;
