@@ -16,8 +16,9 @@ ratio to faiss, where faiss is installed (with its bundled OpenBLAS on this CPU'
 conftest.faiss_openblas_core, whose answer the table's header gives).
 
 As a pytest file (`mmrec-fast bench cpu_peak`) each case is a benchmark of its own group with its rate in
-``extra_info["gflop_per_s"]``; as a script, `python benchmarks/bench_cpu_peak.py [--out FILE]` prints (and writes)
-the table with the CPU model and the variants measured.
+``extra_info["gflop_per_s"]``; as a script, `python benchmarks/bench_cpu_peak.py [--rounds N] [--out FILE]` prints
+(and writes) the table with the CPU model and the variants measured: medians of N rounds, each round running every
+case once in turn, so that a host whose load drifts over minutes moves all of a run's cases alike.
 """
 
 from __future__ import annotations
@@ -118,14 +119,20 @@ def run_native(name: str, fn, isa: str):
     return on_variant
 
 
-def median_seconds(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def interleaved_medians(fns: dict, rounds: int) -> dict:
+    """label -> median seconds of fns[label] over `rounds` rounds, each round calling every fn once in turn (after
+    one warm-up call each): on a shared host whose load drifts over minutes, every case sees the same drift, so the
+    ratios of one run hold even when its absolute rates move."""
+    times = {label: [] for label in fns}
+    for label, fn in fns.items():
         fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    for round_number in range(rounds):
+        for label, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+        print(f"  round {round_number + 1} of {rounds} done", file=sys.stderr, flush=True)
+    return {label: sorted(t)[len(t) // 2] for label, t in times.items()}
 
 
 NAMES = [
@@ -169,21 +176,21 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
-    rates, seconds = {}, {}
     available = cases()
+    fns, flops = {}, {}
     for name in NAMES:
         if name not in available:
             continue
-        fn, flops = available[name]
+        fn, count = available[name]
         for isa in variants() if _is_op(name) else [None]:
             label = name.format(isa=isa) if isa else name
-            seconds[label] = median_seconds(run_native(name, fn, isa), args.rounds)
-            rates[label] = flops / seconds[label] / 1e9
-            print(f"  {label:<60} {rates[label]:8.1f}", file=sys.stderr, flush=True)
+            fns[label], flops[label] = run_native(name, fn, isa), count
+    seconds = interleaved_medians(fns, args.rounds)
+    rates = {label: flops[label] / seconds[label] / 1e9 for label in fns}
     best = max(rate for label, rate in rates.items() if label.startswith(("sgemm", "faiss")))
     lines = [f"machine: {machine_description()}; CPU variants measured: {', '.join(variants())}"
              + (f"; faiss's OpenBLAS core: {FAISS_OPENBLAS_CORE}" if FAISS_OPENBLAS_CORE else ""),
-             f"GFLOP/s, float32, medians of {args.rounds}; share = rate / best sgemm rate of this run ({best:.1f})", ""]
+             f"GFLOP/s, float32, medians of {args.rounds} interleaved rounds; share = rate / best sgemm rate of this run ({best:.1f})", ""]
     for label, rate in rates.items():
         share = "" if label.startswith(("sgemm", "faiss")) else f"   {100 * rate / best:5.1f}% of the best sgemm"
         for shape in ("(7,050 x 4,096)", "(50,000 x 384)"):
