@@ -369,10 +369,20 @@ def _requeue_interrupted(study, optuna, say) -> None:
         left_running = trial.state == optuna.trial.TrialState.RUNNING
         if trial.number in requeued or not (left_running or _state(trial, optuna) == "interrupted"):
             continue
-        if left_running:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if left_running:  # a killed process: the study still holds the trial as running
+            _mark_failed(study, trial.number, optuna)
         study.enqueue_trial(trial.params, user_attrs={"resumes": trial.number})
         say(f"resuming the interrupted trial {setting_label(trial.params)}")
+
+
+def _mark_failed(study, number: int, optuna) -> None:
+    """Marks trial ``number`` failed without the sampler's after-trial hook: the grid sampler's would stop the study
+    when that trial held the grid's last point, and optuna refuses a stop outside ``optimize``."""
+    sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
+    try:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    finally:
+        study.sampler = sampler
 
 
 def _trial_row(trial, optuna) -> dict:

@@ -28,12 +28,15 @@ def dataset():
 class Oracle(Recommender):
     """Ranks a user's items of one split first: ``prefer="valid"`` scores the user's validation items highest,
     ``prefer="test"`` the test items, ``prefer="none"`` neither; ``prefer="boom"`` fails in training (as a run out of
-    memory would). ``interrupt_at``: raise KeyboardInterrupt once at that epoch (an interrupted process)."""
+    memory would). ``interrupt_once[prefer] = epoch``: raise KeyboardInterrupt once at that epoch (an interrupted
+    process); ``killed_once[prefer] = epoch``: raise SystemExit there, which optuna does not catch, so the trial is
+    left RUNNING in the study (a killed process)."""
 
     name = "oracle"
     ops = ()
     runs: list[tuple[str, int]] = []  # (prefer, seed) of every training run started
     interrupt_once: dict = {}
+    killed_once: dict = {}
 
     @dataclass(frozen=True)
     class Config(ModelConfig):
@@ -57,6 +60,9 @@ class Oracle(Recommender):
         if Oracle.interrupt_once.get(self.config.prefer) == epoch:
             del Oracle.interrupt_once[self.config.prefer]
             raise KeyboardInterrupt
+        if Oracle.killed_once.get(self.config.prefer) == epoch:
+            del Oracle.killed_once[self.config.prefer]
+            raise SystemExit("killed")
 
     def losses(self, batch):
         return {"zero": self.weight.square().sum()}
@@ -74,6 +80,7 @@ def spec(dataset, **overrides) -> RunSpec:
 def _fresh_oracle():
     Oracle.runs.clear()
     Oracle.interrupt_once.clear()
+    Oracle.killed_once.clear()
 
 
 def test_selection_uses_validation_and_only_the_chosen_setting_sees_test(dataset, tmp_path, monkeypatch):
@@ -150,6 +157,24 @@ def test_resume_continues_the_search_and_an_interrupted_trial(dataset, tmp_path)
     # a search of other arguments is refused in the same folder
     with pytest.raises(ValueError, match="another grid"):
         search(spec(dataset), tmp_path, grid={"prefer": ["none", "valid"]}, seeds=1, say=lambda line: None)
+
+
+def test_resume_after_a_process_killed_in_the_grids_last_trial(dataset, tmp_path):
+    # the killed trial is left RUNNING and holds the grid's last point: marking it failed must not make the grid
+    # sampler stop a study that is not optimising (optuna raises there)
+    grid = {"prefer": ["none", "valid"]}
+    first = search(spec(dataset), tmp_path, grid=grid, trials=1, seeds=1, say=lambda line: None)
+    (last,) = [prefer for prefer in grid["prefer"] if prefer != first["trials"][0]["setting"]["prefer"]]
+    Oracle.killed_once[last] = 1
+    with pytest.raises(SystemExit):
+        search(spec(dataset), tmp_path, grid=grid, seeds=1, say=lambda line: None)
+    lines = []
+    summary = search(spec(dataset), tmp_path, grid=grid, seeds=1, say=lines.append)
+    assert any(f"resuming the interrupted trial prefer={last}" in line for line in lines)
+    assert sorted(t["state"] for t in summary["trials"]) == ["complete", "complete", "interrupted"]
+    record = json.loads((tmp_path / "trials" / f"prefer={last}" / "run.json").read_text())
+    assert record["resumed_from"].endswith("last.pt") and record["finished"]
+    assert summary["chosen"]["setting"] == {"prefer": "valid"}
 
 
 def test_tpe_sampler_and_train_fields(dataset, tmp_path):
