@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds of the chosen setting's test runs (default: 3)")
     search.add_argument("--keep-checkpoints", action="store_true",
                         help="keep every finished trial's last.pt and best.pt (default: a finished trial keeps its run.json "
-                        "only; the chosen setting's seed runs keep theirs)")  # fmt: skip
+                        "only, the leading one its checkpoints until a better one finishes; the chosen setting's seed "
+                        "runs keep theirs)")  # fmt: skip
     search.add_argument("--verbose", action="store_true", help="also print every epoch of every run")
     search.set_defaults(run=cmd_search, no_progress=True)
 

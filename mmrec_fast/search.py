@@ -20,12 +20,13 @@ by the field's type. A model's ``search_space`` is its authors' grid, used when 
 
 The search runs on optuna (an optional dependency: ``pip install optuna``), with its study in
 ``<out>/search.db`` (SQLite): a second call with the same arguments continues it. Every trial trains in
-``<out>/trials/<setting>/`` (run.json, last.pt, best.pt; the checkpoints are deleted once the trial has finished,
-unless ``keep_checkpoints``), so a trial cut off by an interruption resumes from its
+``<out>/trials/<setting>/`` (run.json, last.pt, best.pt; once a trial has finished its checkpoints are deleted,
+unless ``keep_checkpoints`` or it leads the search), so a trial cut off by an interruption resumes from its
 last epoch; a trial that raises (out of memory, a non-finite loss, ...) is recorded as failed with its error and the
 search goes on. Selection: the highest validation score among the completed trials, ties to the earlier trial.
 The chosen setting's seed runs go to ``<out>/chosen/<setting>/seed_<s>/``; their run.json says under ``search`` which search
-chose the setting and how. ``<out>/summary.json`` and ``<out>/report.md`` (with charts of the validation score per
+chose the setting and how. The run of the search's own seed is the chosen trial's run (the same setting and seed, and
+training is deterministic): its checkpoints move there and it is evaluated on test instead of trained again. ``<out>/summary.json`` and ``<out>/report.md`` (with charts of the validation score per
 trial and per hyperparameter) describe the whole search.
 """
 
@@ -35,6 +36,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -245,8 +247,8 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
         seeds: the chosen setting's seeds.
         seed: the seed of every trial's training run and of the TPE sampler (default: the model's training seed).
         keep_checkpoints: keep each finished trial's last.pt and best.pt (default: a finished trial keeps its
-            run.json only; its checkpoints, needed only to resume it, are deleted; the chosen setting's seed runs
-            always keep theirs).
+            run.json only, the leading one also its checkpoints until a better trial finishes; the chosen trial's
+            move to its seed run's folder; the chosen setting's seed runs always keep theirs).
         say: where progress lines go.
 
     Returns the summary (also ``<out>/summary.json``): the trials, the chosen one and how it was chosen, the seed
@@ -304,9 +306,10 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
             trial.set_user_attr("error", reason)
             say(f"trial {number}: {setting_label(setting)} failed after {time.perf_counter() - start:.0f} s: {reason}")
             raise
-        if not keep_checkpoints:
-            for name in ("last.pt", "best.pt"):
-                (folder / name).unlink(missing_ok=True)
+        if not keep_checkpoints:  # only the leading trial keeps its checkpoints (see _reuse_chosen_trial)
+            leader = _leader(study, optuna)
+            leads = leader is None or score > leader.value
+            _drop_checkpoints(folder if not leads else out / leader.user_attrs["folder"] if leader else None)
         for key in ("best_epoch", "epochs_run", "median_epoch_seconds"):
             trial.set_user_attr(key, record.get(key))
         trial.set_user_attr("seconds", time.perf_counter() - start)
@@ -323,7 +326,7 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
     if not complete:
         raise RuntimeError(f"every trial of the search in {out} failed; see {out / 'report.md'}" if finished else
                            f"no trial of the search in {out} finished")  # fmt: skip
-    chosen = max(complete, key=lambda t: (t.value, -t.number))  # the best validation score, ties to the earlier trial
+    chosen = _leader(study, optuna)  # the best validation score, ties to the earlier trial
     setting = {name: chosen.params[name] for name in grid}
     how = {"search": str(out), "trial": chosen.number, "setting": setting, "valid_metric": metric, "valid": chosen.value,
            "trials_completed": len(complete), "trials_failed": len(finished) - len(complete), "sampler": sampler,
@@ -332,6 +335,10 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
                    "earlier trial); no trial was evaluated on test, only the chosen setting's seed runs"}  # fmt: skip
     say(f"chosen: {setting_label(setting)} (trial {chosen.number}, valid {metric} {chosen.value:.4f}); "
         f"training it with seeds {', '.join(map(str, seed_list))} and evaluating on test")  # fmt: skip
+    if seed in seed_list:
+        how["trial_run_reused"] = _reuse_chosen_trial(study, out / chosen.user_attrs["folder"],
+                                                      out / "chosen" / setting_folder(setting) / f"seed_{seed}", seed, say,
+                                                      keep=keep_checkpoints)  # fmt: skip
     seeds_result = train_seeds(spec, seed_list, out / "chosen" / setting_folder(setting), setting=setting, record_extra={"search": how}, say=say)
     summary = {**arguments, "trials": [_trial_row(t, optuna) for t in study.get_trials()], "chosen": how,
                "seeds": seeds_result["seeds"], "runs": seeds_result["runs"], "test": seeds_result["test"]}  # fmt: skip
@@ -341,6 +348,38 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
     for line in write_report(summary, out):
         say(line)
     return summary
+
+
+def _leader(study, optuna):
+    """The completed trial with the best validation score, ties to the earlier trial (None before the first)."""
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: (t.value, -t.number), default=None)
+
+
+def _drop_checkpoints(folder: Path | None) -> None:
+    for name in ("last.pt", "best.pt"):
+        if folder is not None:
+            (folder / name).unlink(missing_ok=True)
+
+
+def _reuse_chosen_trial(study, trial_folder: Path, seed_folder: Path, seed: int, say, *, keep: bool) -> bool:
+    """The chosen trial trained the chosen setting with the search's seed, so that seed's run is the same run: the
+    trial's checkpoints move (``keep``: are copied) to the seed run's folder, where the run resumes, has nothing left to train, and is
+    evaluated on test (training is deterministic: a fresh run of that seed gives the same record, tested). False
+    when the trial's last.pt is gone (a search begun before this rule, or checkpoints deleted by hand): that seed
+    then trains again. The decision is kept in the study, so a resumed call reports the same."""
+    reused = study.user_attrs.get("trial_run_reused")
+    if reused is None:
+        reused = (trial_folder / "last.pt").is_file()
+        study.set_user_attr("trial_run_reused", reused)
+        say(f"seed {seed} is the chosen trial's own run: its checkpoint is evaluated on test, not trained again" if reused
+            else f"the chosen trial's last.pt is gone ({trial_folder}): seed {seed} trains again")  # fmt: skip
+    if reused and not (seed_folder / "last.pt").is_file():
+        seed_folder.mkdir(parents=True, exist_ok=True)
+        for name in ("best.pt", "last.pt"):  # last.pt last: until it is there the move is unfinished
+            if (trial_folder / name).is_file():
+                (shutil.copy2 if keep else Path.replace)(trial_folder / name, seed_folder / name)
+    return reused
 
 
 def _counted(study, optuna) -> int:

@@ -14,7 +14,7 @@ import torch
 
 from mmrec_fast.data import synthetic
 from mmrec_fast.models import MODELS, ModelConfig, Recommender, option
-from mmrec_fast.search import RunSpec, parse_grid, search, split_setting, summarize, train_seeds
+from mmrec_fast.search import RunSpec, parse_grid, search, setting_folder, split_setting, summarize, train_seeds
 from mmrec_fast.train import Trainer
 
 pytest.importorskip("optuna")
@@ -111,6 +111,50 @@ def test_selection_uses_validation_and_only_the_chosen_setting_sees_test(dataset
     assert "prefer=valid **chosen**" in report and "recall@20" in report
     assert (tmp_path / "search_trials.png").stat().st_size > 0 and (tmp_path / "search_parameters.png").stat().st_size > 0
     assert any("(3/3)" in line and "valid recall@20" in line for line in lines)
+
+
+def test_the_chosen_trials_run_is_its_seeds_run(dataset, tmp_path):
+    lines = []
+    summary = search(spec(dataset), tmp_path, grid={"prefer": ["none", "valid", "test"]}, seeds=2, say=lines.append)
+    assert summary["chosen"]["setting"] == {"prefer": "valid"} and summary["chosen"]["trial_run_reused"]
+    assert any("seed 0 is the chosen trial's own run" in line for line in lines)
+    trial = json.loads((tmp_path / "trials" / "prefer=valid" / "run.json").read_text())
+    assert Oracle.runs.count(("valid", 0)) == trial["epochs_run"]  # the trial's epochs only: seed 0 was not retrained
+    assert Oracle.runs.count(("valid", 1)) > 0  # seed 1 was trained
+    seed_run = tmp_path / "chosen" / "prefer=valid" / "seed_0"
+    assert (seed_run / "last.pt").is_file() and (seed_run / "best.pt").is_file()
+    assert not (tmp_path / "trials" / "prefer=valid" / "last.pt").exists()  # moved, not copied
+    record = json.loads((seed_run / "run.json").read_text())
+    assert record["search"]["trial_run_reused"] and record["resumed_from"].endswith("last.pt")
+    assert record["epochs"] == trial["epochs"] and record["test"] == summary["runs"][0]["test"]
+
+
+def test_only_the_leading_trial_keeps_its_checkpoints(dataset, tmp_path, monkeypatch):
+    def holding():
+        return {f.name for f in (tmp_path / "trials").glob("*") if (f / "last.pt").is_file()}
+
+    seen = []  # which trial folders hold a last.pt as each run starts
+    original = RunSpec.train
+    monkeypatch.setattr(RunSpec, "train", lambda self, *args, **options: (seen.append(holding()), original(self, *args, **options))[1])
+    summary = search(spec(dataset), tmp_path, grid={"prefer": ["none", "valid", "test"]}, seeds=[5], say=lambda line: None)
+    order = [t["setting"]["prefer"] for t in sorted(summary["trials"], key=lambda t: t["number"])]
+    valid = {t["setting"]["prefer"]: t["valid"] for t in summary["trials"]}
+    for position in (1, 2, 3):  # before the 2nd and 3rd trial and the seed run: only the leader so far
+        leader = max(order[:position], key=lambda p: (valid[p], -order.index(p)))
+        assert seen[position] == {f"prefer={leader}"}
+    # seed 5 is not the search's seed (0): nothing is reused and the chosen trial keeps its checkpoints
+    assert "trial_run_reused" not in summary["chosen"] and holding() == {"prefer=valid"}
+
+
+def test_a_reused_trial_run_equals_a_fresh_run_of_its_seed(dataset, tmp_path):
+    # the reuse rests on training being deterministic: a real model's fresh seed-0 run gives the same record
+    model_spec = RunSpec(MODELS["lightgcn"], dataset, train_overrides={"epochs": 3, "patience": 2, "batch_size": 128, "ks": (5, 20)})
+    summary = search(model_spec, tmp_path / "search", grid={"reg_weight": ["1e-2", "1e-4"]}, seeds=1, say=lambda line: None)
+    assert summary["chosen"]["trial_run_reused"]
+    fresh = model_spec.train(summary["chosen"]["setting"], 0, tmp_path / "fresh", evaluate_test=True)
+    assert fresh["test"] == summary["runs"][0]["test"]
+    reused = json.loads((tmp_path / "search" / "chosen" / setting_folder(summary["chosen"]["setting"]) / "seed_0" / "run.json").read_text())
+    assert [e["loss"] for e in reused["epochs"]] == [e["loss"] for e in fresh["epochs"]]
 
 
 def test_ties_go_to_the_earlier_trial(dataset, tmp_path):
