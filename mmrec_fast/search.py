@@ -26,8 +26,9 @@ last epoch; a trial that raises (out of memory, a non-finite loss, ...) is recor
 search goes on. Selection: the highest validation score among the completed trials, ties to the earlier trial.
 The chosen setting's seed runs go to ``<out>/chosen/<setting>/seed_<s>/``; their run.json says under ``search`` which search
 chose the setting and how. The run of the search's own seed is the chosen trial's run (the same setting and seed, and
-training is deterministic): its checkpoints move there and it is evaluated on test instead of trained again. ``<out>/summary.json`` and ``<out>/report.md`` (with charts of the validation score per
-trial and per hyperparameter) describe the whole search.
+training is deterministic): its checkpoints move there and it is evaluated on test instead of trained again.
+``<out>/summary.json`` and ``<out>/report.md`` (with charts of the validation score per trial and per
+hyperparameter) describe the whole search.
 """
 
 from __future__ import annotations
@@ -306,10 +307,9 @@ def search(spec: RunSpec, out_dir, *, grid: dict[str, list[str]] | None = None, 
             trial.set_user_attr("error", reason)
             say(f"trial {number}: {setting_label(setting)} failed after {time.perf_counter() - start:.0f} s: {reason}")
             raise
-        if not keep_checkpoints:  # only the leading trial keeps its checkpoints (see _reuse_chosen_trial)
-            leader = _leader(study, optuna)
-            leads = leader is None or score > leader.value
-            _drop_checkpoints(folder if not leads else out / leader.user_attrs["folder"] if leader else None)
+        leader = _leader(study, optuna)  # among the earlier trials
+        if not keep_checkpoints and leader is not None:  # only the leading trial keeps its checkpoints
+            _drop_checkpoints(out / leader.user_attrs["folder"] if score > leader.value else folder)
         for key in ("best_epoch", "epochs_run", "median_epoch_seconds"):
             trial.set_user_attr(key, record.get(key))
         trial.set_user_attr("seconds", time.perf_counter() - start)
@@ -356,18 +356,18 @@ def _leader(study, optuna):
     return max(complete, key=lambda t: (t.value, -t.number), default=None)
 
 
-def _drop_checkpoints(folder: Path | None) -> None:
+def _drop_checkpoints(folder: Path) -> None:
     for name in ("last.pt", "best.pt"):
-        if folder is not None:
-            (folder / name).unlink(missing_ok=True)
+        (folder / name).unlink(missing_ok=True)
 
 
 def _reuse_chosen_trial(study, trial_folder: Path, seed_folder: Path, seed: int, say, *, keep: bool) -> bool:
     """The chosen trial trained the chosen setting with the search's seed, so that seed's run is the same run: the
-    trial's checkpoints move (``keep``: are copied) to the seed run's folder, where the run resumes, has nothing left to train, and is
-    evaluated on test (training is deterministic: a fresh run of that seed gives the same record, tested). False
-    when the trial's last.pt is gone (a search begun before this rule, or checkpoints deleted by hand): that seed
-    then trains again. The decision is kept in the study, so a resumed call reports the same."""
+    trial's checkpoints move (``keep``: are copied) to the seed run's folder, where the run resumes, has nothing
+    left to train, and is evaluated on test (training is deterministic: a fresh run of that seed gives the same
+    record, tested). False when the trial's last.pt is gone (a search begun before this rule, or checkpoints
+    deleted by hand): that seed then trains again. The decision is kept in the study, so a resumed call reports
+    the same."""
     reused = study.user_attrs.get("trial_run_reused")
     if reused is None:
         reused = (trial_folder / "last.pt").is_file()
