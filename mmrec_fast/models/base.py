@@ -24,6 +24,8 @@ The trainer, the evaluator, the command line and checkpoints use only what is de
   it needs one the dataset does not have.
 * ``backend=`` (``"reference" | "native" | "triton" | None``) switches every op the model calls (``Model.ops``
   names them).
+* :class:`LastBatchScoring`: the base of a model whose authors rank by the last training batch's embeddings
+  (``Config.score_on``).
 * ``Model.search_space``: the authors' hyperparameter grid (``mmrec-fast search`` without --grid searches it).
 """
 
@@ -391,6 +393,56 @@ class Recommender(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+
+
+class LastBatchScoring(Recommender):
+    """A :class:`Recommender` that ranks, as its authors' code does, by the embeddings of the **last training
+    batch** (SLMRec, MENTOR): computed in that batch's forward pass, before its optimizer step.
+
+    ``losses`` hands what it computed to :meth:`remember_last_batch` (in training mode only); :meth:`post_epoch`
+    (and :meth:`embeddings`) turn it into the cached tables through the subclass's :meth:`cached_tables`. The tables
+    are buffers, so a checkpoint carries them. ``Config.score_on`` = "cached" (the authors') ranks by them,
+    "fresh" by a new forward pass (the subclass's ``forward() -> (users, items)``); an untrained model has no
+    tables yet and is ranked fresh.
+    """
+
+    def _init_last_batch_tables(self, user_width: int, item_width: int) -> None:
+        """Register the (U, user_width) and (I, item_width) tables (zero, not yet valid)."""
+        self.register_buffer("cached_users", torch.zeros(self.num_users, user_width))
+        self.register_buffer("cached_items", torch.zeros(self.num_items, item_width))
+        self.register_buffer("cache_valid", torch.zeros((), dtype=torch.bool))
+        self._last_batch: tuple[torch.Tensor, ...] | None = None
+
+    def remember_last_batch(self, *tensors: torch.Tensor) -> None:
+        """Keep (detached) what :meth:`cached_tables` needs from this training batch; a tensor the optimizer step
+        changes in place (a parameter) must come as a clone."""
+        if self.training:
+            self._last_batch = tuple(t.detach() for t in tensors)
+
+    def cached_tables(self, *remembered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`remember_last_batch` kept -> (users (U, user_width), items (I, item_width))."""
+        raise NotImplementedError(f"{type(self).__name__} does not define cached_tables()")
+
+    def _materialise_cache(self) -> None:
+        if self._last_batch is None:
+            return
+        with torch.no_grad():
+            users, items = self.cached_tables(*self._last_batch)
+            self.cached_users.copy_(users)
+            self.cached_items.copy_(items)
+            self.cache_valid.fill_(True)
+        self._last_batch = None
+
+    def post_epoch(self, epoch: int) -> None:
+        self._materialise_cache()
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.score_on == "cached":
+            self._materialise_cache()
+            if bool(self.cache_valid):
+                return self.cached_users.clone(), self.cached_items.clone()
+        with torch.no_grad():
+            return self.forward()
 
 
 def rows(matrix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from ..graph import Graph
 from ..ops import info_nce, propagate, spmm
 from . import losses
-from .base import ModelConfig, Recommender, option, rows
+from .base import LastBatchScoring, ModelConfig, option, rows
 from .item_graph import knn_item_graph
 
 #: the views of each modality's modules, in the order they are stacked
@@ -99,7 +99,7 @@ class GraphModule(torch.nn.Module):
         self.mlp_1 = torch.nn.Linear(4 * dim, dim)
 
 
-class MENTOR(Recommender):
+class MENTOR(LastBatchScoring):
     """MENTOR (see the module docstring).
 
     Args:
@@ -163,11 +163,7 @@ class MENTOR(Recommender):
         self.gcn["id"] = GraphModule(U, d, d)
         self.user_weights = torch.nn.Parameter(torch.softmax(_xavier_normal(U, M, 1).squeeze(2), dim=1))  # (U, M)
         self.mask_mlp = torch.nn.Linear(M * d, M * d)  # mask_f's f
-        # the cache the authors score by: R of the last training batch
-        self.register_buffer("cached_users", torch.zeros(U, M * d))
-        self.register_buffer("cached_items", torch.zeros(I, M * d))
-        self.register_buffer("cache_valid", torch.zeros((), dtype=torch.bool))
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._init_last_batch_tables(M * d, M * d)  # the authors score by R of the last training batch
 
     # -- the graph modules ----------------------------------------------------------------------------------------
     @property
@@ -264,8 +260,7 @@ class MENTOR(Recommender):
         c = self.config
         views = self.views()
         r_users, r_items = views["R"]
-        if self.training:
-            self._pending = (r_users.detach(), r_items.detach())
+        self.remember_last_batch(r_users, r_items)
         u = rows(r_users, users)
         bpr = losses.bpr_log2((u * rows(r_items, positives)).sum(1), (u * rows(r_items, negatives)).sum(1))
         reg = sum(rows(self.gcn[f"{m}_clean"].preference, users).square().mean() for m in self.modalities)
@@ -296,25 +291,9 @@ class MENTOR(Recommender):
         return item_term + (1 - F.cosine_similarity(dropped_users, f_users).mean())
 
     # -- ranking --------------------------------------------------------------------------------------------------
-    def post_epoch(self, epoch: int) -> None:
-        self._materialise_cache()
-
-    def _materialise_cache(self) -> None:
-        if self._pending is None:
-            return
-        with torch.no_grad():
-            self.cached_users.copy_(self._pending[0])
-            self.cached_items.copy_(self._pending[1])
-            self.cache_valid.fill_(True)
-        self._pending = None
-
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.score_on == "cached":
-            self._materialise_cache()
-            if bool(self.cache_valid):
-                return self.cached_users.clone(), self.cached_items.clone()
-        with torch.no_grad():
-            return self.forward()
+    def cached_tables(self, r_users: torch.Tensor, r_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last training batch's R, as it was: (users (U, M d), items (I, M d))."""
+        return r_users, r_items
 
 
 def _xavier_normal(*shape: int) -> torch.Tensor:

@@ -53,14 +53,14 @@ import torch.nn.functional as F
 
 from ..graph import Graph
 from ..ops import propagate, spmm
-from .base import ModelConfig, Recommender, option, rows
+from .base import LastBatchScoring, ModelConfig, option, rows
 
 #: the FAC chain's levels, fine to coarse
 FAC_LEVELS = ("image", "audio", "text")
 _HEAD_FRACTION = (1, 1, 2)  # the output of level k's heads is d // _HEAD_FRACTION[k]
 
 
-class SLMRec(Recommender):
+class SLMRec(LastBatchScoring):
     """SLMRec (see the module docstring).
 
     Args:
@@ -125,11 +125,7 @@ class SLMRec(Recommender):
                 _xavier_linear(d if k == 0 else d // _HEAD_FRACTION[k - 1], d // _HEAD_FRACTION[k]) for k in range(depth))
             self.fac_modality_heads = torch.nn.ModuleDict(
                 {m: _xavier_linear(d, d // _HEAD_FRACTION[FAC_LEVELS.index(m)]) for m in self.modalities})
-        # the cache the authors score by: the fused embeddings of the last training batch
-        self.register_buffer("cached_users", torch.zeros(self.num_users, d))
-        self.register_buffer("cached_items", torch.zeros(self.num_items, d))
-        self.register_buffer("cache_valid", torch.zeros((), dtype=torch.bool))
-        self._pending: tuple | None = None
+        self._init_last_batch_tables(d, d)  # the authors score by the fused embeddings of the last training batch
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -182,9 +178,8 @@ class SLMRec(Recommender):
         item_rows = rows(h_items, items)  # (B, d (1 + M))
         z_users = self.fuse(rows(h_users, users), self.user_fusion)
         z_items = self.fuse(item_rows, self.item_fusion)
-        if self.training:
-            self._pending = (h.detach(), *(p.detach().clone() for p in (self.user_fusion.weight, self.user_fusion.bias,
-                                                                           self.item_fusion.weight, self.item_fusion.bias)))  # fmt: skip
+        self.remember_last_batch(h, *(p.detach().clone() for p in (self.user_fusion.weight, self.user_fusion.bias,
+                                                                   self.item_fusion.weight, self.item_fusion.bias)))
         main = self.batch_info_nce(z_users, z_items, c.temperature)
         if c.ssl_task == "fac":
             ssl = self._fac(item_rows)
@@ -240,28 +235,11 @@ class SLMRec(Recommender):
         return total
 
     # -- ranking --------------------------------------------------------------------------------------------------
-    def post_epoch(self, epoch: int) -> None:
-        self._materialise_cache()
-
-    def _materialise_cache(self) -> None:
-        """Fuse the last training batch's propagated rows with that batch's output layers into the cache."""
-        if self._pending is None:
-            return
-        h, user_weight, user_bias, item_weight, item_bias = self._pending
+    def cached_tables(self, h, user_weight, user_bias, item_weight, item_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last training batch's propagated rows h (U + I, d (1 + M)) fused with that batch's output layers
+        (their weights as before its optimizer step) -> (users (U, d), items (I, d))."""
         h_users, h_items = h.split([self.num_users, self.num_items])
-        with torch.no_grad():
-            self.cached_users.copy_(self.fuse(h_users, None, user_weight, user_bias))
-            self.cached_items.copy_(self.fuse(h_items, None, item_weight, item_bias))
-            self.cache_valid.fill_(True)
-        self._pending = None
-
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.config.score_on == "cached":
-            self._materialise_cache()
-            if bool(self.cache_valid):
-                return self.cached_users.clone(), self.cached_items.clone()
-        with torch.no_grad():
-            return self.forward()
+        return self.fuse(h_users, None, user_weight, user_bias), self.fuse(h_items, None, item_weight, item_bias)
 
     def full_sort_predict(self, users) -> torch.Tensor:
         """users: (B,) int64 (or MMRec's ``[users, ...]``) -> (B, I) sigmoid of the dot products (the authors')."""
