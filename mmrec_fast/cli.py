@@ -6,7 +6,7 @@
                                        the model's defaults; print per-epoch lines, the test metrics and the time
                                        per epoch; --out keeps checkpoints and the run record
     mmrec-fast models                  every model with its hyperparameters (--set), defaults and training defaults
-    mmrec-fast evaluate --checkpoint PATH [--split test|valid] [--data DIR]
+    mmrec-fast evaluate --checkpoint PATH [--split test|valid] [--data DIR] [--threads N]
                                        full-ranking metrics of a saved model
     mmrec-fast info                    versions, what was built, which backend runs each op on each device
     mmrec-fast bench [OP ...|all]      run the microbenchmarks (benchmarks/bench_<op>.py) and print the table of
@@ -76,12 +76,17 @@ def _dataset(args):
     return data.load(args.data, format=args.format)
 
 
-def _threads_and_dataset(args):
-    """Apply --threads, load the dataset of --data (or the synthetic one) and print it with the loader's notes."""
+def _apply_threads(args) -> None:
+    """--threads: torch's CPU threads for the rest of the command."""
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def _threads_and_dataset(args):
+    """Apply --threads, load the dataset of --data (or the synthetic one) and print it with the loader's notes."""
+    _apply_threads(args)
     dataset = _dataset(args)
     print(dataset, flush=True)
     for note in dataset.notes:
@@ -259,6 +264,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .train import load_checkpoint, model_from_checkpoint
 
+    _apply_threads(args)
     state = load_checkpoint(args.checkpoint)
     dataset = data.load(args.data, format=args.format) if args.data else data.from_source(state["dataset_source"])
     model, _ = model_from_checkpoint(args.checkpoint, dataset, state=state)
@@ -401,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ks", type=_ks, default=None, help="cut-offs (default: those of the training run)")
     evaluate.add_argument("--ndcg", choices=("mmrec", "ngcf"), default=None, help="NDCG form, ngcf: MMSSL's (default: that of the training run)")
     evaluate.add_argument("--eval-backend", choices=BACKENDS, default=None, help="backend of topk_scores (default: automatic)")
+    evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     evaluate.set_defaults(run=cmd_evaluate)
 
     models = commands.add_parser("models", help="list the models with their hyperparameters and training defaults")

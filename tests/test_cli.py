@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmrec_fast.cli import main
 from mmrec_fast.models import MODELS
@@ -31,7 +32,12 @@ def test_train_on_the_synthetic_default_then_evaluate_and_resume(tmp_path, capsy
     record = json.loads((out / "run.json").read_text())
     assert record["model"]["name"] == "lightgcn" and record["epochs_run"] == 2
 
-    assert main(["evaluate", "--checkpoint", str(out / "best.pt")]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     row = re.search(r"recall\s+(\d\.\d{4})\s+(\d\.\d{4})", printed)
     assert row and float(row.group(2)) == pytest.approx(record["test"]["recall@20"], abs=5e-5)
