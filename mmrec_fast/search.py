@@ -24,9 +24,10 @@ The search runs on optuna (an optional dependency: ``pip install optuna``), with
 unless ``keep_checkpoints`` or it leads the search), so a trial cut off by an interruption resumes from its
 last epoch; a trial that raises (out of memory, a non-finite loss, ...) is recorded as failed with its error and the
 search goes on. Selection: the highest validation score among the completed trials, ties to the earlier trial.
-The chosen setting's seed runs go to ``<out>/chosen/<setting>/seed_<s>/``; their run.json says under ``search`` which search
-chose the setting and how. The run of the search's own seed is the chosen trial's run (the same setting and seed, and
-training is deterministic): its checkpoints move there and it is evaluated on test instead of trained again.
+The chosen setting's seed runs go to ``<out>/chosen/<setting>/seed_<s>/``; their run.json says under ``search``
+which search chose the setting and how. The run of the search's own seed is the chosen trial's run (the same setting
+and seed, and training is deterministic at a given thread count): its checkpoints move there and it is evaluated on
+test instead of trained again.
 ``<out>/summary.json`` and ``<out>/report.md`` (with charts of the validation score per trial and per
 hyperparameter) describe the whole search.
 """
@@ -364,10 +365,10 @@ def _drop_checkpoints(folder: Path) -> None:
 def _reuse_chosen_trial(study, trial_folder: Path, seed_folder: Path, seed: int, say, *, keep: bool) -> bool:
     """The chosen trial trained the chosen setting with the search's seed, so that seed's run is the same run: the
     trial's checkpoints move (``keep``: are copied) to the seed run's folder, where the run resumes, has nothing
-    left to train, and is evaluated on test (training is deterministic: a fresh run of that seed gives the same
-    record, tested). False when the trial's last.pt is gone (a search begun before this rule, or checkpoints
-    deleted by hand): that seed then trains again. The decision is kept in the study, so a resumed call reports
-    the same."""
+    left to train, and is evaluated on test (training is deterministic: a fresh run of that seed on the same number
+    of threads gives the same record, tested). False when the trial's last.pt is gone (a search begun before this
+    rule, or checkpoints deleted by hand): that seed then trains again. The decision is kept in the study, so a
+    resumed call reports the same."""
     reused = study.user_attrs.get("trial_run_reused")
     if reused is None:
         reused = (trial_folder / "last.pt").is_file()
